@@ -1,0 +1,100 @@
+"""Build the Litestar app: core routes, plugin routes, and a lifespan that starts the
+plugins, the task store and the engine in that order (and stops them in reverse)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from litestar import Litestar, Request, Response, Router
+from litestar.exceptions import HTTPException
+from litestar.logging import LoggingConfig
+from litestar.openapi import OpenAPIConfig
+
+from . import __version__
+from .api.catalog import EndpointController, WorkflowController, health, ready
+from .api.schemas import ErrorBody, ErrorDetail
+from .api.tasks import SeedSubmitController, TaskController
+from .config import Settings, get_settings
+from .engine import Engine
+from .errors import RequestError
+from .hookcall import call_all
+from .plugins import PluginManager, create_plugin_manager
+from .store import MemoryTaskStore
+from .workflows import collect_workflows
+
+log = logging.getLogger("comfyui_server")
+
+
+def _error_response(status: int, detail: str, extra: list[ErrorDetail]) -> Response:
+    return Response(ErrorBody(status_code=status, detail=detail, extra=extra), status_code=status)
+
+
+def _request_error(_: Request, exc: RequestError) -> Response:
+    return _error_response(exc.status_code, exc.message, [ErrorDetail(key=exc.field, message=exc.message)])
+
+
+def _http_error(_: Request, exc: HTTPException) -> Response:
+    """Litestar's own errors in our envelope; a body that is not JSON says so."""
+    detail = exc.detail
+    if exc.status_code == 400 and "JSON" in detail and not exc.extra:
+        detail = "the request body is not valid JSON"
+        return _error_response(400, detail, [ErrorDetail(key="body", message=detail)])
+    extra = []
+    if isinstance(exc.extra, list):
+        for item in exc.extra:
+            if isinstance(item, dict):
+                extra.append(ErrorDetail(key=item.get("key"), message=str(item.get("message"))))
+    return _error_response(exc.status_code, detail, extra)
+
+
+def create_app(
+    settings: Settings | None = None,
+    pm: PluginManager | None = None,
+    *,
+    monitor_options: dict[str, float] | None = None,
+) -> Litestar:
+    settings = settings or get_settings()
+    pm = pm or create_plugin_manager(disabled=settings.disabled_plugins)
+    workflows = collect_workflows(pm, settings)  # a bad or duplicate workflow fails here
+    store = pm.hook.task_store(settings=settings) or MemoryTaskStore()
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        if not store.durable:
+            log.warning("no durable task store is enabled: tasks are lost on restart")
+        await store.open()
+        http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0), trust_env=False)
+        started = False
+        try:
+            await call_all(pm.hook.startup, app=app, settings=settings)
+            started = True
+            engine = Engine(pm, settings, store, workflows, http, monitor_options=monitor_options)
+            app.state.engine = engine
+            await engine.start()
+            try:
+                yield
+            finally:
+                await engine.stop()
+        finally:
+            if started:
+                await call_all(pm.hook.shutdown, isolate=True, reverse=True, app=app)
+            await http.aclose()
+            await store.close()
+
+    plugin_routes = [h for hs in pm.hook.register_routes(settings=settings) for h in hs or ()]
+    api = Router(
+        path=settings.route_prefix,
+        route_handlers=[SeedSubmitController, TaskController, WorkflowController, EndpointController],
+    )
+    return Litestar(
+        route_handlers=[api, health, ready, *plugin_routes],
+        lifespan=[lifespan],
+        state={"pm": pm, "settings": settings},
+        exception_handlers={RequestError: _request_error, HTTPException: _http_error},
+        openapi_config=OpenAPIConfig(title="comfyui-server", version=__version__),
+        logging_config=LoggingConfig(configure_root_logger=False, log_exceptions="debug"),
+    )

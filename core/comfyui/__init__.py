@@ -1,0 +1,1 @@
+"""Talking to ComfyUI: HTTP calls (`client`) and one websocket per endpoint (`monitor`)."""

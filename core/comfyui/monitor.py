@@ -1,0 +1,218 @@
+"""One websocket per ComfyUI endpoint: its queue, its health, and when our prompts end.
+
+The end of a prompt is `executing` with `node: null` for its prompt_id (ComfyUI writes history
+just before it; `execution_success` can arrive before history is readable). Messages sent
+while we are disconnected are lost, so after every reconnect, and every few seconds as a
+safety net, the prompts we wait for are checked against /history and /queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, Literal
+
+import msgspec
+from websockets.asyncio.client import connect
+from websockets.exceptions import WebSocketException
+
+from ..errors import EndpointUnavailable
+from ..models import EndpointState, EndpointStatus
+from .client import ComfyUIClient
+
+log = logging.getLogger(__name__)
+
+OutcomeKind = Literal["ended", "lost"]
+
+
+class Watch:
+    """A prompt we sent (or are about to send) and wait for."""
+
+    __slots__ = ("detail", "future", "prompt_id", "submitted")
+
+    def __init__(self, prompt_id: str) -> None:
+        self.prompt_id = prompt_id
+        self.future: asyncio.Future[OutcomeKind] = asyncio.get_running_loop().create_future()
+        self.submitted = False
+        self.detail: dict[str, Any] | None = None
+        """The execution_error / execution_interrupted data, when one arrived."""
+
+    def resolve(self, kind: OutcomeKind) -> None:
+        if not self.future.done():
+            self.future.set_result(kind)
+
+
+class EndpointMonitor:
+    def __init__(
+        self,
+        client: ComfyUIClient,
+        *,
+        capacity: int,
+        on_change: Callable[[], None],
+        on_started: Callable[[str], None],
+        grace_period: float = 30.0,
+        reconcile_interval: float = 5.0,
+        reconnect_max_delay: float = 5.0,
+    ) -> None:
+        self.client = client
+        self.client_id = uuid.uuid4().hex
+        self.capacity = capacity
+        self.on_change = on_change
+        self.on_started = on_started
+        self.grace_period = grace_period
+        self.reconcile_interval = reconcile_interval
+        self.reconnect_max_delay = reconnect_max_delay
+        self.status: EndpointStatus = "connecting"
+        self.queue_remaining = 0
+        self.node_classes: frozenset[str] | None = None
+        self.last_error: str | None = None
+        self.watches: dict[str, Watch] = {}
+        self._down_since: float | None = None
+        self._tasks: list[asyncio.Task] = []
+
+    # ---- state ------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.client.name
+
+    def state(self) -> EndpointState:
+        return EndpointState(
+            name=self.client.name,
+            url=self.client.url,
+            status=self.status,
+            queue_remaining=self.queue_remaining,
+            in_flight=len(self.watches),
+            capacity=self.capacity,
+            node_classes=self.node_classes,
+            last_error=self.last_error,
+        )
+
+    def reserve(self, prompt_id: str) -> Watch:
+        """Take a slot before uploading or posting, so no finish can race the watch."""
+        watch = self.watches[prompt_id] = Watch(prompt_id)
+        return watch
+
+    def release(self, prompt_id: str) -> None:
+        if self.watches.pop(prompt_id, None) is not None:
+            self.on_change()
+
+    # ---- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._connection_loop(), name=f"ws {self.name}"),
+            asyncio.create_task(self._reconcile_loop(), name=f"reconcile {self.name}"),
+        ]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    def _set_status(self, status: EndpointStatus, error: str | None = None) -> None:
+        if error is not None:
+            self.last_error = error
+        if status == self.status:
+            return
+        self.status = status
+        self._down_since = time.monotonic() if status == "down" else None
+        log.info("endpoint %s is %s%s", self.name, status, f": {error}" if error else "")
+        self.on_change()
+
+    async def _connection_loop(self) -> None:
+        delay = 0.05
+        url = f"{self.client.ws_url}?clientId={self.client_id}"
+        while True:
+            try:
+                async with connect(
+                    url,
+                    proxy=None,
+                    open_timeout=5,
+                    close_timeout=1,
+                    ping_interval=20,
+                    ping_timeout=20,
+                    max_size=None,
+                ) as ws:
+                    await self._on_connected()
+                    delay = 0.05
+                    async for message in ws:
+                        if isinstance(message, str):
+                            self._handle(message)
+                self._set_status("down", "websocket closed by ComfyUI")
+            except asyncio.CancelledError:
+                raise
+            except (OSError, TimeoutError, WebSocketException, EndpointUnavailable) as exc:
+                self._set_status("down", f"{type(exc).__name__}: {exc}")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.reconnect_max_delay)
+
+    async def _on_connected(self) -> None:
+        info = await self.client.object_info()
+        self.node_classes = frozenset(info)
+        self._set_status("up")
+        if self.watches:
+            asyncio.create_task(self.reconcile())
+
+    # ---- messages ---------------------------------------------------------------------
+
+    def _handle(self, raw: str) -> None:
+        try:
+            message = msgspec.json.decode(raw)
+            kind, data = message["type"], message.get("data") or {}
+        except (msgspec.DecodeError, KeyError, TypeError):
+            log.warning("endpoint %s sent an unreadable message: %.200s", self.name, raw)
+            return
+        if kind == "status":
+            remaining = data.get("status", {}).get("exec_info", {}).get("queue_remaining")
+            if isinstance(remaining, int) and remaining != self.queue_remaining:
+                self.queue_remaining = remaining
+                self.on_change()
+            return
+        watch = self.watches.get(data.get("prompt_id")) if isinstance(data, dict) else None
+        if watch is None:
+            return
+        if kind == "executing" and data.get("node") is None:
+            watch.resolve("ended")
+        elif kind == "execution_start":
+            self.on_started(watch.prompt_id)
+        elif kind in ("execution_error", "execution_interrupted"):
+            watch.detail = {"type": kind, **data}
+
+    # ---- recovery ---------------------------------------------------------------------
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.reconcile_interval)
+            if self.status == "down":
+                if self._down_since and time.monotonic() - self._down_since > self.grace_period:
+                    for watch in list(self.watches.values()):
+                        if watch.submitted:
+                            watch.resolve("lost")
+                continue
+            try:
+                await self.reconcile()
+            except EndpointUnavailable as exc:
+                log.info("endpoint %s: reconcile failed: %s", self.name, exc)
+
+    async def reconcile(self) -> None:
+        """Settle watched prompts from /history and /queue, for events we may have missed."""
+        pending = [w for w in self.watches.values() if w.submitted and not w.future.done()]
+        if not pending:
+            return
+        queue = await self.client.queue()
+        queued = {item[1] for key in ("queue_running", "queue_pending") for item in queue[key]}
+        for watch in pending:
+            if watch.prompt_id in queued:
+                continue
+            # ComfyUI writes history before it drops a prompt from its queue, so a prompt in
+            # neither was never run here: the endpoint restarted and forgot it.
+            found = await self.client.history(watch.prompt_id) is not None
+            watch.resolve("ended" if found else "lost")

@@ -1,0 +1,135 @@
+"""The records that cross a seam: between core and plugins, and between us and clients.
+
+They are frozen msgspec Structs so one hook implementation cannot change what the next one
+sees; the engine makes a new value with `msgspec.structs.replace` at every step.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Literal
+
+import msgspec
+
+TaskStatus = Literal["accepted", "queued", "dispatched", "running", "completed", "failed", "cancelled"]
+FINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+EndpointStatus = Literal["connecting", "up", "down", "draining"]
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class OutputRef(msgspec.Struct, frozen=True, kw_only=True):
+    """One stored output file, as clients see it."""
+
+    key: str
+    url: str | None = None
+    filename: str
+    subfolder: str = ""
+    node_id: str
+    content_type: str
+    size: int
+    storage: str = ""
+    """Which storage holds it (`StoredOutput.storage`), or "fallback" when the store failed."""
+
+
+class Task(msgspec.Struct, frozen=True, kw_only=True):
+    """A task as core keeps it. `id` is the record's integer key (seed-compatible);
+    `comfyui_task_id` is the prompt_id we choose ourselves before POST /prompt."""
+
+    id: int = 0
+    workflow: str
+    params: dict[str, Any] = msgspec.field(default_factory=dict)
+    client_task_id: str | None = None
+    client_callback_url: str | None = None
+    request_hash: str = ""
+    status: TaskStatus = "accepted"
+    comfyui_task_id: str | None = None
+    endpoint: str | None = None
+    attempts: int = 0
+    outputs: tuple[OutputRef, ...] = ()
+    inputs: tuple[str, ...] = ()
+    """Files we uploaded to the endpoint's input folder (for cleanup)."""
+    error_code: int = 0
+    error: str | None = None
+    created_at: dt.datetime = msgspec.field(default_factory=utcnow)
+    dispatched_at: dt.datetime | None = None
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+
+class TaskEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """One step of a task's flow; recorders persist these as the task's history."""
+
+    task_id: int
+    status: TaskStatus
+    at: dt.datetime = msgspec.field(default_factory=utcnow)
+    endpoint: str | None = None
+    detail: str | None = None
+
+
+class TaskResult(msgspec.Struct, frozen=True, kw_only=True):
+    """What a finished task produced, handed to on_result and notify."""
+
+    status: TaskStatus
+    outputs: tuple[OutputRef, ...] = ()
+    error_code: int = 0
+    error: str | None = None
+
+
+class EndpointState(msgspec.Struct, frozen=True, kw_only=True):
+    """A snapshot of one ComfyUI endpoint, as schedulers see it."""
+
+    name: str
+    """`host:port`, the seed's notation."""
+    url: str
+    status: EndpointStatus = "connecting"
+    queue_remaining: int = 0
+    """ComfyUI's own count from its last `status` broadcast (running + pending, all clients)."""
+    in_flight: int = 0
+    """Prompts this server sent there that have not finished yet."""
+    capacity: int = 2
+    weight: float = 1.0
+    node_classes: frozenset[str] | None = None
+    """Node classes the endpoint offers (from /object_info), None while unknown."""
+    last_error: str | None = None
+
+    @property
+    def free_slots(self) -> int:
+        return max(0, self.capacity - self.in_flight)
+
+
+class Artifact(msgspec.Struct, frozen=True, kw_only=True):
+    """One output file of a prompt, still on ComfyUI. `chunks()` streams it afresh on every
+    call, so core can retry into the fallback folder without holding the file in memory."""
+
+    filename: str
+    subfolder: str
+    type: str
+    node_id: str
+    content_type: str
+    endpoint: str
+    open: Callable[[], AsyncIterator[bytes]]
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        return self.open()
+
+    @property
+    def relative_path(self) -> str:
+        return f"{self.subfolder}/{self.filename}" if self.subfolder else self.filename
+
+
+class StoredOutput(msgspec.Struct, frozen=True, kw_only=True):
+    """Where `store` put an artifact."""
+
+    key: str
+    size: int
+    storage: str
+    """A short name of the storage (e.g. "local", "s3"), so `output_url` knows whose it is."""
+    url: str | None = None

@@ -1,0 +1,128 @@
+"""Where tasks live. Core talks to a `TaskStore`; the `database` plugin provides a durable
+one through the `task_store` hook, and `MemoryTaskStore` serves when none is installed.
+
+A store is shared by every replica that points at the same database, so the queue is the
+store itself: `claim` hands each queued task to exactly one owner.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Protocol, runtime_checkable
+
+import msgspec
+
+from .models import FINAL_STATUSES, Task, TaskEvent
+
+
+class DuplicateClientTaskId(Exception):
+    """`client_task_id` is taken; `existing` is the task that holds it."""
+
+    def __init__(self, existing: Task) -> None:
+        super().__init__(existing.client_task_id)
+        self.existing = existing
+
+
+@runtime_checkable
+class TaskStore(Protocol):
+    durable: bool
+    """False when tasks vanish on restart (the server warns at start)."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def create(self, task: Task, events: list[TaskEvent]) -> Task:
+        """Insert `task` with a new id and its first events in one transaction; raise
+        DuplicateClientTaskId when its client_task_id is taken."""
+        ...
+
+    async def get(self, task_id: int) -> Task | None: ...
+
+    async def find(self, client_task_id: str) -> Task | None: ...
+
+    async def save(self, task: Task, event: TaskEvent | None = None) -> None:
+        """Persist the task's new state (and the step that led to it) atomically."""
+        ...
+
+    async def events(self, task_id: int) -> list[TaskEvent]: ...
+
+    async def claim(self, owner: str, limit: int) -> list[Task]:
+        """Hand up to `limit` queued tasks, oldest first, to `owner`; none goes to two owners."""
+        ...
+
+    async def release(self, task_ids: list[int]) -> None:
+        """Give claimed tasks back to the queue (the scheduler said "not now")."""
+        ...
+
+    async def unfinished(self) -> list[Task]:
+        """Every task not in a final state, for recovery at start."""
+        ...
+
+
+class MemoryTaskStore:
+    """Keeps tasks in this process only. Fast, and lost on restart."""
+
+    durable = False
+
+    def __init__(self) -> None:
+        self._tasks: dict[int, Task] = {}
+        self._by_client: dict[str, int] = {}
+        self._events: dict[int, list[TaskEvent]] = {}
+        self._queued: dict[int, None] = {}
+        """Queued, unclaimed ids in id order (a dict is an ordered set)."""
+        self._ids = itertools.count(1)
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def create(self, task: Task, events: list[TaskEvent]) -> Task:
+        if task.client_task_id is not None and task.client_task_id in self._by_client:
+            raise DuplicateClientTaskId(self._tasks[self._by_client[task.client_task_id]])
+        task = msgspec.structs.replace(task, id=next(self._ids))
+        self._tasks[task.id] = task
+        if task.client_task_id is not None:
+            self._by_client[task.client_task_id] = task.id
+        self._events[task.id] = [msgspec.structs.replace(e, task_id=task.id) for e in events]
+        if task.status == "queued":
+            self._queued[task.id] = None
+        return task
+
+    async def get(self, task_id: int) -> Task | None:
+        return self._tasks.get(task_id)
+
+    async def find(self, client_task_id: str) -> Task | None:
+        task_id = self._by_client.get(client_task_id)
+        return None if task_id is None else self._tasks[task_id]
+
+    async def save(self, task: Task, event: TaskEvent | None = None) -> None:
+        previous = self._tasks.get(task.id)
+        self._tasks[task.id] = task
+        if task.status != "queued":
+            self._queued.pop(task.id, None)
+        elif previous is None or previous.status != "queued":
+            self._queued[task.id] = None
+        if event is not None:
+            self._events[task.id].append(event)
+
+    async def events(self, task_id: int) -> list[TaskEvent]:
+        return list(self._events.get(task_id, ()))
+
+    async def claim(self, owner: str, limit: int) -> list[Task]:
+        ids = list(itertools.islice(self._queued, limit))
+        for task_id in ids:
+            del self._queued[task_id]
+        return [self._tasks[task_id] for task_id in ids]
+
+    async def release(self, task_ids: list[int]) -> None:
+        for task_id in sorted(task_ids):
+            if self._tasks[task_id].status == "queued":
+                self._queued[task_id] = None
+        # released tasks go behind newer ones; keep the queue in id order
+        self._queued = dict.fromkeys(sorted(self._queued))
+
+    async def unfinished(self) -> list[Task]:
+        return [t for t in self._tasks.values() if t.status not in FINAL_STATUSES]

@@ -1,0 +1,1 @@
+"""Built-in plugins. Each module is one entry point and imports only `comfyui_server.core`."""

@@ -1,0 +1,102 @@
+"""The embedded default storage: output files on local disk under DATA_DIR/outputs, served
+back by a route of ours (LocalStore cannot presign)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import quote
+
+import msgspec
+import obstore
+from litestar import Response, get
+from litestar.datastructures import State
+from litestar.response import File
+from obstore.store import LocalStore
+
+from comfyui_server.core import (
+    Artifact,
+    OutputRef,
+    RequestError,
+    Settings,
+    StoredOutput,
+    Task,
+    hookimpl,
+)
+from comfyui_server.core.paths import safe_relative_path
+
+STORAGE = "local"
+
+
+class LocalStorageSettings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
+    local_storage_dir: str | None = None
+    """Folder for stored outputs; default DATA_DIR/outputs."""
+
+
+class _State:
+    store: LocalStore | None = None
+    root: Path | None = None
+    base_url: str = ""
+    prefix: str = ""
+
+
+_state = _State()
+
+
+def _root(settings: Settings) -> Path:
+    own = settings.load(LocalStorageSettings)
+    return Path(own.local_storage_dir or settings.data_path / "outputs").resolve()
+
+
+@hookimpl
+def startup(settings: Settings) -> None:
+    _state.root = _root(settings)
+    _state.root.mkdir(parents=True, exist_ok=True)
+    _state.store = LocalStore(_state.root, mkdir=True)
+    _state.base_url = settings.base_url
+    _state.prefix = settings.route_prefix
+
+
+def output_key(task: Task, artifact: Artifact) -> str:
+    return safe_relative_path(str(task.id), artifact.subfolder, artifact.filename)
+
+
+@hookimpl(trylast=True)
+async def store(artifact: Artifact, task: Task) -> StoredOutput | None:
+    if _state.store is None:
+        return None
+    key = output_key(task, artifact)
+    size = 0
+
+    async def counted() -> AsyncIterator[bytes]:
+        nonlocal size
+        async for chunk in artifact.chunks():
+            size += len(chunk)
+            yield chunk
+
+    await obstore.put_async(_state.store, key, counted())
+    return StoredOutput(key=key, size=size, storage=STORAGE)
+
+
+@hookimpl
+def output_url(output: OutputRef) -> str | None:
+    if output.storage != STORAGE:
+        return None
+    return f"{_state.base_url}{_state.prefix}/files/{quote(output.key)}"
+
+
+@get("/files/{key:path}", operation_id="getFile", tags=["files"], summary="A stored output")
+async def serve_file(key: str, state: State) -> Response:
+    root = _state.root
+    relative = safe_relative_path(key)
+    path = (root / relative).resolve() if root else None
+    if path is None or root not in path.parents or not path.is_file():
+        raise RequestError(f"no stored file {key!r}", field="key", status_code=404)
+    return File(path=path, filename=path.name)
+
+
+@hookimpl
+def register_routes(settings: Settings):
+    from litestar import Router
+
+    return [Router(path=settings.route_prefix, route_handlers=[serve_file])]
