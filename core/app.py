@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 from litestar import Litestar, Request, Response, Router
+from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 from litestar.logging import LoggingConfig
 from litestar.openapi import OpenAPIConfig
@@ -93,7 +94,7 @@ def create_app(
     return Litestar(
         route_handlers=[api, health, ready, *plugin_routes],
         lifespan=[lifespan],
-        state={"pm": pm, "settings": settings},
+        state=State({"pm": pm, "settings": settings}),
         exception_handlers={RequestError: _request_error, HTTPException: _http_error},
         openapi_config=OpenAPIConfig(title="comfyui-server", version=__version__),
         logging_config=LoggingConfig(configure_root_logger=False, log_exceptions="debug"),

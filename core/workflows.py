@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from .errors import RequestError
+from .errors import ComfyServerError, RequestError
 
 ParamType = Literal["string", "integer", "number", "boolean", "image"]
 _PLACEHOLDER = re.compile(r"\$(?:(?P<name>[A-Za-z_][A-Za-z0-9_]*)|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)\})")
@@ -43,6 +43,8 @@ class ParamSpec(msgspec.Struct, frozen=True, kw_only=True):
     minimum: float | None = None
     maximum: float | None = None
     choices: tuple[Any, ...] | None = None
+    pattern: str | None = None
+    """A regular expression a string value must match in full."""
     description: str = ""
     placeholder: bool = False
     """True for the seed's `$name` form: the value replaces `$name` inside the target string."""
@@ -58,6 +60,7 @@ class SpecFile(msgspec.Struct, forbid_unknown_fields=True):
         minimum: float | None = None
         maximum: float | None = None
         choices: list[Any] | None = None
+        pattern: str | None = None
         description: str = ""
 
     class Outputs(msgspec.Struct, forbid_unknown_fields=True):
@@ -68,7 +71,7 @@ class SpecFile(msgspec.Struct, forbid_unknown_fields=True):
     outputs: Outputs = msgspec.field(default_factory=Outputs)
 
 
-class WorkflowError(ValueError):
+class WorkflowError(ComfyServerError, ValueError):
     """A workflow's files are wrong; the message names the file and the key."""
 
 
@@ -229,8 +232,14 @@ def _param_from_spec(name: str, p: SpecFile.Param, graph: Mapping[str, Any], whe
         minimum=p.minimum,
         maximum=p.maximum,
         choices=tuple(p.choices) if p.choices is not None else None,
+        pattern=p.pattern,
         description=p.description,
     )
+    if p.pattern is not None:
+        try:
+            re.compile(p.pattern)
+        except re.error as exc:
+            raise WorkflowError(f"{where}: params.{name}.pattern: {exc}") from None
     if p.default is not None:
         try:
             _check_value(spec, p.default, f"params.{name}.default")
@@ -281,6 +290,10 @@ def _check_value(spec: ParamSpec, value: Any, field: str) -> Any:
             f"{field} must be one of {list(spec.choices)!r}, got {value!r}",
             field=field,
             status_code=422,
+        )
+    if spec.pattern is not None and not re.fullmatch(spec.pattern, value):
+        raise RequestError(
+            f"{field} must match {spec.pattern!r}", field=field, status_code=422
         )
     if spec.minimum is not None and value < spec.minimum:
         raise RequestError(f"{field} must be >= {spec.minimum:g}", field=field, status_code=422)

@@ -10,7 +10,7 @@ from urllib.parse import quote
 import msgspec
 import obstore
 from litestar import Response, get
-from litestar.datastructures import State
+from litestar.params import FromPath
 from litestar.response import File
 from obstore.store import LocalStore
 
@@ -86,7 +86,7 @@ def output_url(output: OutputRef) -> str | None:
 
 
 @get("/files/{key:path}", operation_id="getFile", tags=["files"], summary="A stored output")
-async def serve_file(key: str, state: State) -> Response:
+async def serve_file(key: FromPath[str]) -> Response:
     root = _state.root
     relative = safe_relative_path(key)
     path = (root / relative).resolve() if root else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from litestar import Controller, Response, get
 from litestar.datastructures import State
+from litestar.params import FromPath
 
 from ..errors import RequestError
 from ..workflows import Workflow
@@ -43,7 +44,7 @@ class WorkflowController(Controller):
         return [workflow_info(w, registry.owner(w.name)) for w in registry]
 
     @get("/{name:str}", operation_id="getWorkflow", summary="One workflow and its params")
-    async def get_workflow(self, name: str, state: State) -> WorkflowInfo:
+    async def get_workflow(self, name: FromPath[str], state: State) -> WorkflowInfo:
         registry = state.engine.workflows
         workflow = registry.get(name)
         if workflow is None:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from litestar import Controller, Response, get, post
 from litestar.datastructures import State
-from litestar.params import Parameter
+from litestar.params import FromPath, JSONBody, Parameter
 
 from ..errors import RequestError
 from ..records import TaskRecord, render_task
@@ -33,7 +33,7 @@ class SeedSubmitController(Controller):
     tags = ["tasks"]
 
     @post("", operation_id="submitTaskSeed", status_code=200, summary="Submit a task")
-    async def submit(self, data: SubmitRequest, state: State) -> Response[TaskRecord]:
+    async def submit(self, data: JSONBody[SubmitRequest], state: State) -> Response[TaskRecord]:
         return await _submit(data, state)
 
 
@@ -42,11 +42,11 @@ class TaskController(Controller):
     tags = ["tasks"]
 
     @post("", operation_id="submitTask", status_code=200, summary="Submit a task")
-    async def submit(self, data: SubmitRequest, state: State) -> Response[TaskRecord]:
+    async def submit(self, data: JSONBody[SubmitRequest], state: State) -> Response[TaskRecord]:
         return await _submit(data, state)
 
     @get("/{task_id:int}", operation_id="getTask", summary="One task's record")
-    async def get_task(self, task_id: int, state: State) -> TaskRecord:
+    async def get_task(self, task_id: FromPath[int], state: State) -> TaskRecord:
         task = await state.engine.store.get(task_id)
         if task is None:
             raise RequestError(f"no task with id {task_id}", field="task_id", status_code=404)
@@ -62,7 +62,7 @@ class TaskController(Controller):
         return [] if task is None else [await render_task(task, state.pm)]
 
     @get("/{task_id:int}/flow", operation_id="getTaskFlow", summary="A task's recorded steps")
-    async def flow(self, task_id: int, state: State) -> list[TaskEventInfo]:
+    async def flow(self, task_id: FromPath[int], state: State) -> list[TaskEventInfo]:
         if await state.engine.store.get(task_id) is None:
             raise RequestError(f"no task with id {task_id}", field="task_id", status_code=404)
         return [

@@ -1,0 +1,172 @@
+"""`comfyui-server`: serve, inspect plugins and workflows, run a ComfyUI emulator.
+
+Plugins add commands through `register_commands(cli)`. That hook runs while the command
+group is being built, so `--disable` is read from argv before click parses it (as pytest's
+`-p no:NAME` is).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+import click
+import msgspec
+
+from .config import ConfigError, Settings, get_settings
+from .errors import ComfyServerError
+from .plugins import PluginManager, create_plugin_manager
+
+TABLE_COLUMNS = ("NAME", "DISTRIBUTION", "VERSION", "KIND", "STATUS", "HOOKS")
+
+
+class Context(msgspec.Struct):
+    settings: Settings
+    pm: PluginManager
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--disable", "disabled", multiple=True, metavar="NAME",
+    help="Do not load this plugin (repeatable); adds to DISABLED_PLUGINS.",
+)
+@click.option("--env-file", default=".env", show_default=True, help="Read settings from this file.")
+@click.pass_context
+def cli(ctx: click.Context, disabled: tuple[str, ...], env_file: str) -> None:
+    """comfyui-server: any ComfyUI workflow as a REST endpoint, over a fleet of ComfyUI."""
+    if ctx.obj is None:  # invoked without main() (click's test runner, for instance)
+        ctx.obj = _build_context(env_file, disabled)
+
+
+def _table(rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--hook", "hook_filter", metavar="HOOK", help="Only plugins implementing HOOK.")
+@click.pass_obj
+def plugins(obj: Context, as_json: bool, hook_filter: str | None) -> None:
+    """List every plugin: loaded, built-in or third-party, and disabled ones."""
+    infos = obj.pm.plugin_infos()
+    if hook_filter:
+        infos = [i for i in infos if hook_filter in i.hooks]
+    if as_json:
+        click.echo(json.dumps([msgspec.to_builtins(i) for i in infos], indent=2))
+        return
+    rows = [TABLE_COLUMNS] + [
+        (
+            i.name,
+            i.distribution,
+            i.version or "-",
+            "built-in" if i.builtin else "external",
+            "disabled" if i.disabled else "enabled",
+            ", ".join(i.hooks) or "-",
+        )
+        for i in infos
+    ]
+    click.echo(_table(rows))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def workflows(obj: Context, as_json: bool) -> None:
+    """List the deployed workflows and their parameters."""
+    from .api.catalog import workflow_info
+    from .workflows import collect_workflows
+
+    registry = collect_workflows(obj.pm, obj.settings)
+    infos = [workflow_info(w, registry.owner(w.name)) for w in registry]
+    if as_json:
+        click.echo(json.dumps(msgspec.to_builtins(infos), indent=2))
+        return
+    rows = [("NAME", "PLUGIN", "PARAMS", "DESCRIPTION")] + [
+        (
+            i.name,
+            i.plugin,
+            ", ".join(p.name + ("" if p.required else "?") for p in i.params) or "-",
+            i.description,
+        )
+        for i in infos
+    ]
+    click.echo(_table(rows))
+
+
+@cli.command()
+@click.option("--host", help="Listen address [SERVICE_HOST].")
+@click.option("--port", type=int, help="Listen port [SERVICE_PORT].")
+@click.pass_obj
+def serve(obj: Context, host: str | None, port: int | None) -> None:
+    """Run the server on SERVICE_HOST:SERVICE_PORT."""
+    import uvicorn
+
+    from .app import create_app
+
+    settings = obj.settings
+    if host or port:
+        settings = msgspec.structs.replace(
+            settings, service_host=host or settings.service_host,
+            service_port=port or settings.service_port,
+        )
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app = create_app(settings, obj.pm)
+    click.echo(f"comfyui-server on {settings.base_url} (API under {settings.route_prefix})")
+    uvicorn.run(
+        app, host=settings.service_host, port=settings.service_port,
+        log_level=settings.log_level.lower(), access_log=False,
+    )
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8188, show_default=True, type=int)
+@click.option("--node-time", default=0.0, show_default=True, type=float,
+              help="Seconds each executed node takes.")
+@click.option("--base-dir", type=click.Path(file_okay=False), help="input/output/temp live here.")
+def emulate(host: str, port: int, node_time: float, base_dir: str | None) -> None:
+    """Run a ComfyUI emulator (model-free nodes, real HTTP and websocket), for trying the
+    server without a GPU."""
+    from .testing.emulator import run_emulator
+
+    click.echo(f"ComfyUI emulator on http://{host}:{port}")
+    run_emulator(host=host, port=port, node_time=node_time, base_dir=base_dir)
+
+
+def _argv_option(argv: Sequence[str], name: str) -> list[str]:
+    """Values of `--name X` / `--name=X` given before the subcommand."""
+    values, it = [], iter(argv)
+    for arg in it:
+        if arg == name:
+            values.append(next(it, ""))
+        elif arg.startswith(name + "="):
+            values.append(arg.split("=", 1)[1])
+        elif not arg.startswith("-"):
+            break  # the subcommand: its own options are not ours
+    return values
+
+
+def _build_context(env_file: str, disabled: Sequence[str]) -> Context:
+    settings = get_settings(env_file=env_file)
+    pm = create_plugin_manager(disabled=[*settings.disabled_plugins, *disabled])
+    return Context(settings=settings, pm=pm)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    env_file = (_argv_option(argv, "--env-file") or [".env"])[-1]
+    try:
+        context = _build_context(env_file, _argv_option(argv, "--disable"))
+    except (ConfigError, ComfyServerError) as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
+    context.pm.hook.register_commands(cli=cli)
+    cli.main(args=argv, obj=context, prog_name="comfyui-server")

@@ -1,0 +1,89 @@
+"""A webhook receiver for tests and benchmarks: a real HTTP server that records each POST."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class Delivery:
+    __slots__ = ("body", "headers", "path", "received_at")
+
+    def __init__(self, path: str, headers: dict[str, str], body: bytes) -> None:
+        self.path = path
+        self.headers = headers
+        self.body = body
+        self.received_at = time.monotonic()
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class WebhookReceiver:
+    """Answers `statuses` in turn (then the last one forever) after `delay` seconds."""
+
+    def __init__(self, statuses: tuple[int, ...] = (200,), delay: float = 0.0) -> None:
+        self.statuses = list(statuses)
+        self.delay = delay
+        self.deliveries: list[Delivery] = []
+        self._cond = threading.Condition()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                if receiver.delay:
+                    time.sleep(receiver.delay)
+                with receiver._cond:
+                    status = receiver.statuses[
+                        min(len(receiver.deliveries), len(receiver.statuses) - 1)
+                    ]
+                    receiver.deliveries.append(
+                        Delivery(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+                    )
+                    receiver._cond.notify_all()
+                self.send_response(status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                return None
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}/hook"
+
+    def wait_for(self, count: int, timeout: float = 30.0) -> list[Delivery]:
+        """Block until `count` deliveries arrived; raise TimeoutError otherwise."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while len(self.deliveries) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(
+                        f"{len(self.deliveries)} of {count} webhook deliveries arrived"
+                    )
+                self._cond.wait(left)
+            return list(self.deliveries)
+
+    def start(self) -> WebhookReceiver:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def __enter__(self) -> WebhookReceiver:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,34 @@
+"""Developer tasks. `nox -s tests` is what the README and CI run."""
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["lint", "tests"]
+
+
+def install_project(session: nox.Session) -> None:
+    session.install("-e", ".[test]")
+    # a third-party plugin package, installed as a user would: proves entry-point loading
+    session.install("-e", "tests/plugin_example", "--no-deps")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole test suite, in parallel; PostgreSQL tests fail (never skip) without a server."""
+    install_project(session)
+    session.run("pytest", "-n", "auto", "--dist", "loadgroup", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks; writes docs/benchmarks.md."""
+    install_project(session)
+    session.run("python", "-m", "bench", *session.posargs)

@@ -1,0 +1,10 @@
+"""The seed's `text2img` workflow, kept under its name so seed clients keep working."""
+
+from importlib.resources import files
+
+from comfyui_server.core import Workflow, hookimpl
+
+
+@hookimpl
+def register_workflows(register):
+    register(Workflow.from_files(files(__package__), "text2img"))
