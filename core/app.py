@@ -4,6 +4,7 @@ plugins, the task store and the engine in that order (and stops them in reverse)
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -38,17 +39,31 @@ def _request_error(_: Request, exc: RequestError) -> Response:
     return _error_response(exc.status_code, exc.message, [ErrorDetail(key=exc.field, message=exc.message)])
 
 
+_NAMED_FIELD = re.compile(r"(?:missing required|unknown) field `([^`]+)`")
+
+
+def _field_of(item: dict) -> str | None:
+    """Litestar reports a missing or unknown top-level field under the key "data"; the
+    field's real name is in msgspec's message."""
+    key, match = item.get("key"), _NAMED_FIELD.search(str(item.get("message", "")))
+    if match and key in (None, "data"):
+        return match.group(1)
+    return key
+
+
 def _http_error(_: Request, exc: HTTPException) -> Response:
     """Litestar's own errors in our envelope; a body that is not JSON says so."""
     detail = exc.detail
     if exc.status_code == 400 and "JSON" in detail and not exc.extra:
         detail = "the request body is not valid JSON"
         return _error_response(400, detail, [ErrorDetail(key="body", message=detail)])
-    extra = []
-    if isinstance(exc.extra, list):
-        for item in exc.extra:
-            if isinstance(item, dict):
-                extra.append(ErrorDetail(key=item.get("key"), message=str(item.get("message"))))
+    extra = [
+        ErrorDetail(key=_field_of(item), message=str(item.get("message")))
+        for item in (exc.extra if isinstance(exc.extra, list) else ())
+        if isinstance(item, dict)
+    ]
+    if extra:  # lead with the fields, not with "Validation failed for POST /api/v1"
+        detail = "; ".join(f"{e.key}: {e.message}" if e.key else e.message for e in extra)
     return _error_response(exc.status_code, detail, extra)
 
 

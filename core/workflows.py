@@ -148,8 +148,8 @@ class Workflow(msgspec.Struct, frozen=True, kw_only=True):
         unknown = sorted(set(params) - set(self.params))
         if unknown:
             raise RequestError(
-                f"unknown parameter(s) {', '.join(map(repr, unknown))} for workflow "
-                f"{self.name!r}; expected: {', '.join(sorted(self.params)) or 'none'}",
+                f"params.{unknown[0]} is not a parameter of workflow {self.name!r}; "
+                f"its parameters: {', '.join(sorted(self.params)) or 'none'}",
                 field=f"params.{unknown[0]}",
             )
         clean: dict[str, Any] = {}
@@ -157,7 +157,7 @@ class Workflow(msgspec.Struct, frozen=True, kw_only=True):
             field = f"params.{name}"
             if name not in params:
                 if spec.required:
-                    raise RequestError(f"missing required parameter {name!r}", field=field)
+                    raise RequestError(f"{field} is required", field=field)
                 clean[name] = spec.default
                 continue
             value = _check_value(spec, params[name], field)
