@@ -1,0 +1,130 @@
+"""What the SQLite and PostgreSQL stores share: opening (with migrations), the reads, and
+the duplicate-client_task_id rule. Each backend supplies its connections and the writes
+whose fastest form differs (PostgreSQL does them in one statement each)."""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, ClassVar, Literal, Protocol
+
+import msgspec
+from comfyui_server.core import DuplicateClientTaskId, StartupError, Task, TaskEvent
+from comfyui_server.core.models import FINAL_STATUSES, TaskStatus
+
+from . import rows
+from .migrate import head_version, schema_version, upgrade
+from .settings import DatabaseTarget
+
+log = logging.getLogger(__name__)
+
+UNFINISHED = tuple(s for s in TaskStatus.__args__ if s not in FINAL_STATUSES)
+
+
+class Connection(Protocol):
+    """The slice of asyncpg's Connection we use; the SQLite store adapts aiosqlite to it.
+    SQL is written once, with PostgreSQL's `$1` placeholders."""
+
+    async def fetch(self, sql: str, *args: Any) -> Sequence[Sequence[Any]]: ...
+
+    async def execute(self, sql: str, *args: Any) -> Any: ...
+
+    async def executemany(self, sql: str, args: Iterable[Sequence[Any]]) -> Any: ...
+
+
+class SqlTaskStore(ABC):
+    durable = True
+    backend: ClassVar[Literal["sqlite", "postgres"]]
+
+    def __init__(self, target: DatabaseTarget) -> None:
+        self.target = target
+
+    # ---- connections (per backend) ---------------------------------------------------------
+
+    @abstractmethod
+    async def connect(self) -> None:
+        """Open connections, without touching the schema."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    def reading(self) -> AbstractAsyncContextManager[Connection]:
+        """A connection for reads that sees every committed write."""
+
+    @abstractmethod
+    def migrating(self) -> AbstractAsyncContextManager[Connection]:
+        """A transaction that holds the migration lock, so replicas starting together apply
+        each migration once."""
+
+    # ---- writes (per backend) ------------------------------------------------------------
+
+    @abstractmethod
+    async def _insert(self, task: Task, events: list[TaskEvent]) -> int:
+        """Insert task and events in one transaction; return the new id."""
+
+    @abstractmethod
+    def _is_duplicate(self, exc: Exception) -> bool:
+        """Whether `exc` is the unique index on client_task_id refusing a row."""
+
+    @abstractmethod
+    async def save(self, task: Task, event: TaskEvent | None = None) -> None: ...
+
+    @abstractmethod
+    async def claim(self, owner: str, limit: int) -> list[Task]: ...
+
+    @abstractmethod
+    async def release(self, task_ids: list[int]) -> None: ...
+
+    # ---- shared ----------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        await self.connect()
+        try:
+            if self.target.auto_migrate:
+                for migration in await upgrade(self):
+                    log.info("database: applied migration %s", migration.label)
+            else:
+                current, head = await schema_version(self), head_version()
+                if current < head:
+                    raise StartupError(
+                        f"DB_AUTO_MIGRATE: the database schema is at version {current}, this "
+                        f"version needs {head}; run `comfyui-server db upgrade`"
+                    )
+        except BaseException:
+            await self.close()
+            raise
+
+    async def create(self, task: Task, events: list[TaskEvent]) -> Task:
+        try:
+            task_id = await self._insert(task, events)
+        except Exception as exc:
+            if task.client_task_id is None or not self._is_duplicate(exc):
+                raise
+            existing = await self.find(task.client_task_id)
+            if existing is None:  # the holder vanished in between: report the original error
+                raise
+            raise DuplicateClientTaskId(existing) from None
+        return msgspec.structs.replace(task, id=task_id)
+
+    async def _fetch(self, sql: str, *args: Any) -> Sequence[Sequence[Any]]:
+        async with self.reading() as conn:
+            return await conn.fetch(sql, *args)
+
+    async def get(self, task_id: int) -> Task | None:
+        found = await self._fetch(f"{rows.SELECT_TASK} WHERE id = $1", task_id)
+        return rows.decode_task(found[0]) if found else None
+
+    async def find(self, client_task_id: str) -> Task | None:
+        found = await self._fetch(f"{rows.SELECT_TASK} WHERE client_task_id = $1", client_task_id)
+        return rows.decode_task(found[0]) if found else None
+
+    async def events(self, task_id: int) -> list[TaskEvent]:
+        return [rows.decode_event(r) for r in await self._fetch(rows.SELECT_EVENTS, task_id)]
+
+    async def unfinished(self) -> list[Task]:
+        statuses = ", ".join(f"'{s}'" for s in UNFINISHED)
+        found = await self._fetch(f"{rows.SELECT_TASK} WHERE status IN ({statuses}) ORDER BY id")
+        return [rows.decode_task(r) for r in found]
