@@ -34,6 +34,8 @@ class ErrorCode(IntEnum):
     """The task's deadline passed."""
     NO_OUTPUTS = 12
     """The prompt finished but produced no output file."""
+    NO_CAPABLE_ENDPOINT = 13
+    """No endpoint offers every node class the workflow uses."""
 
 
 class ComfyServerError(Exception):

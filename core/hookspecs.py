@@ -99,14 +99,16 @@ def shutdown(app: Litestar) -> None:
 
 
 @hookspec(firstresult=True)
-def schedule_endpoint(task: Task, endpoints: Sequence[EndpointState]) -> EndpointState | None:
+def schedule_endpoint(
+    task: Task, endpoints: Sequence[EndpointState], workflow: Workflow
+) -> EndpointState | None:
     """Pick the ComfyUI endpoint for ``task`` among ``endpoints`` (all known endpoints, each
-    with status, ComfyUI queue, our in-flight count and free slots).
+    with status, ComfyUI queue, our in-flight count, free slots and node classes).
 
     First result wins. None means "no opinion": the next implementation is asked; when every
     one returns None the task stays queued and is offered again when a slot frees up.
-    Only return an endpoint with ``status == "up"`` and ``free_slots > 0``; core ignores any
-    other choice. Built-in: ``least_queue`` (trylast).
+    Core ignores a choice that is not ``up``, has no free slot, or lacks one of
+    ``workflow.node_classes``. Built-in: ``least_queue`` (trylast).
     """
 
 

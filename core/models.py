@@ -54,6 +54,9 @@ class Task(msgspec.Struct, frozen=True, kw_only=True):
     """Files we uploaded to the endpoint's input folder (for cleanup)."""
     error_code: int = 0
     error: str | None = None
+    deadline: dt.datetime | None = None
+    """When the task fails with TIMEOUT if it has not ended (request `timeout` or the
+    workflow's default, counted from submission)."""
     created_at: dt.datetime = msgspec.field(default_factory=utcnow)
     dispatched_at: dt.datetime | None = None
     started_at: dt.datetime | None = None
@@ -103,6 +106,14 @@ class EndpointState(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def free_slots(self) -> int:
         return max(0, self.capacity - self.in_flight)
+
+    def can_run(self, node_classes: frozenset[str]) -> bool:
+        """True unless the endpoint is known to lack one of `node_classes`."""
+        return self.node_classes is None or node_classes <= self.node_classes
+
+    def accepts(self, node_classes: frozenset[str]) -> bool:
+        """Up, with a free slot, and able to run a graph of `node_classes`."""
+        return self.status == "up" and self.free_slots > 0 and self.can_run(node_classes)
 
 
 class Artifact(msgspec.Struct, frozen=True, kw_only=True):

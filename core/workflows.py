@@ -67,6 +67,7 @@ class SpecFile(msgspec.Struct, forbid_unknown_fields=True):
         nodes: list[str] | None = None
 
     description: str = ""
+    timeout: float | None = None
     params: dict[str, Param] = msgspec.field(default_factory=dict)
     outputs: Outputs = msgspec.field(default_factory=Outputs)
 
@@ -81,6 +82,8 @@ class Workflow(msgspec.Struct, frozen=True, kw_only=True):
     params: dict[str, ParamSpec]
     description: str = ""
     output_nodes: tuple[str, ...] | None = None
+    timeout: float | None = None
+    """Seconds a task may take from submission before it fails with TIMEOUT."""
     source: str = ""
     """Where it came from (a file path or a package), for messages."""
 
@@ -122,6 +125,8 @@ class Workflow(msgspec.Struct, frozen=True, kw_only=True):
             pname: _param_from_spec(pname, p, graph, where) for pname, p in parsed.params.items()
         }
         outputs = parsed.outputs.nodes
+        if parsed.timeout is not None and parsed.timeout <= 0:
+            raise WorkflowError(f"{where}: timeout must be a positive number of seconds")
         for node_id in outputs or ():
             if node_id not in graph:
                 raise WorkflowError(f"{where}: outputs.nodes names unknown node {node_id!r}")
@@ -131,6 +136,7 @@ class Workflow(msgspec.Struct, frozen=True, kw_only=True):
             params=params,
             description=parsed.description,
             output_nodes=tuple(outputs) if outputs is not None else None,
+            timeout=parsed.timeout,
             source=source,
         )
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 
-from comfyui_server.core import EndpointState, Task, hookimpl
+from comfyui_server.core import EndpointState, Task, Workflow, hookimpl
 
 _turn = itertools.count()
 
@@ -19,8 +19,10 @@ def load(endpoint: EndpointState) -> float:
 
 
 @hookimpl(trylast=True)
-def schedule_endpoint(task: Task, endpoints: Sequence[EndpointState]) -> EndpointState | None:
-    candidates = [e for e in endpoints if e.status == "up" and e.free_slots > 0]
+def schedule_endpoint(
+    task: Task, endpoints: Sequence[EndpointState], workflow: Workflow
+) -> EndpointState | None:
+    candidates = [e for e in endpoints if e.accepts(workflow.node_classes)]
     if not candidates:
         return None
     best = min(load(e) for e in candidates)

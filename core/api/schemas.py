@@ -14,6 +14,7 @@ class SubmitRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     params: dict[str, Any] = msgspec.field(default_factory=dict)
     client_task_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
     client_callback_url: Annotated[str, msgspec.Meta(min_length=1, max_length=2000)] | None = None
+    timeout: Annotated[float, msgspec.Meta(gt=0, description="Seconds before TIMEOUT.")] | None = None
 
 
 class ParamInfo(msgspec.Struct, kw_only=True):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from litestar import Controller, Response, get, post
+from litestar import Controller, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath, JSONBody, Parameter
 
@@ -20,6 +20,7 @@ async def _submit(data: SubmitRequest, state: State) -> Response[TaskRecord]:
         data.params,
         client_task_id=data.client_task_id,
         client_callback_url=data.client_callback_url,
+        timeout=data.timeout,
     )
     # 200 either way, as the seed answered; a repeat is marked by a header.
     headers = {} if created else {"Idempotent-Replay": "true"}
@@ -60,6 +61,13 @@ class TaskController(Controller):
     ) -> list[TaskRecord]:
         task = await state.engine.store.find(client_task_id)
         return [] if task is None else [await render_task(task, state.pm)]
+
+    @delete(
+        "/{task_id:int}", operation_id="cancelTask", status_code=200, summary="Cancel a task"
+    )
+    async def cancel_task(self, task_id: FromPath[int], state: State) -> TaskRecord:
+        task = await state.engine.cancel(task_id)
+        return await render_task(task, state.pm)
 
     @get("/{task_id:int}/flow", operation_id="getTaskFlow", summary="A task's recorded steps")
     async def flow(self, task_id: FromPath[int], state: State) -> list[TaskEventInfo]:

@@ -26,7 +26,7 @@ from .client import ComfyUIClient
 
 log = logging.getLogger(__name__)
 
-OutcomeKind = Literal["ended", "lost"]
+OutcomeKind = Literal["ended", "lost", "stopped"]
 
 
 class Watch:

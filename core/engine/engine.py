@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import hashlib
 import logging
 import uuid
@@ -40,6 +41,38 @@ class EndpointLost(Exception):
     """The endpoint forgot or dropped the prompt; the task may run elsewhere."""
 
 
+class Stop(msgspec.Struct, frozen=True):
+    """Why an attempt ends early: a cancellation or a deadline."""
+
+    status: TaskStatus
+    code: ErrorCode
+    message: str
+
+
+class Stopped(Exception):
+    def __init__(self, stop: Stop) -> None:
+        super().__init__(stop.message)
+        self.stop = stop
+
+
+class Attempt:
+    """One try at running a task on one endpoint, while it is in flight in this process."""
+
+    __slots__ = ("done", "monitor", "started", "stop", "task", "watch")
+
+    def __init__(self, task: Task, monitor: EndpointMonitor, watch: Watch) -> None:
+        self.task = task
+        self.monitor = monitor
+        self.watch = watch
+        self.started = asyncio.Event()
+        self.done = asyncio.Event()
+        self.stop: Stop | None = None
+
+    @property
+    def prompt_id(self) -> str:
+        return self.watch.prompt_id
+
+
 class Engine:
     def __init__(
         self,
@@ -68,8 +101,13 @@ class Engine:
         )
         self.collector = OutputCollector(pm, settings.failed_path)
         self._wakeup = asyncio.Event()
-        self._runs: dict[str, asyncio.Task] = {}
-        self._started: dict[str, asyncio.Event] = {}
+        self._attempts: dict[int, Attempt] = {}
+        """In-flight attempts by task id."""
+        self._by_prompt: dict[str, Attempt] = {}
+        self._runs: set[asyncio.Task] = set()
+        self._timers: dict[int, asyncio.TimerHandle] = {}
+        self._stopped: set[int] = set()
+        """Queued tasks ended by cancel/deadline; a claim that races them skips them."""
         self._loop_task: asyncio.Task | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------
@@ -86,7 +124,9 @@ class Engine:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
-        runs = list(self._runs.values())
+        for timer in self._timers.values():
+            timer.cancel()
+        runs = list(self._runs)
         for run in runs:
             run.cancel()
         await asyncio.gather(*runs, return_exceptions=True)
@@ -104,13 +144,14 @@ class Engine:
         *,
         client_task_id: str | None = None,
         client_callback_url: str | None = None,
+        timeout: float | None = None,
     ) -> tuple[Task, bool]:
         """Validate, record and queue a task. Returns (task, created): a repeated
         `client_task_id` with the same request returns the existing task."""
         workflow = self.workflows.get(workflow_name)
         if workflow is None:
             raise RequestError(
-                f"unknown service_type {workflow_name!r}; available: "
+                f"service_type {workflow_name!r} is not a deployed workflow; available: "
                 f"{', '.join(self.workflows.names()) or 'none'}",
                 field="service_type",
                 status_code=422,
@@ -122,8 +163,10 @@ class Engine:
         if client_callback_url:
             await self.url_policy.check(client_callback_url, "client_callback_url")
         digest = hashlib.sha256(
-            msgspec.json.encode([workflow_name, clean, client_callback_url], order="sorted")
+            msgspec.json.encode([workflow_name, clean, client_callback_url, timeout], order="sorted")
         ).hexdigest()
+        now = utcnow()
+        timeout = timeout or workflow.timeout
         task = Task(
             workflow=workflow_name,
             params=clean,
@@ -131,11 +174,14 @@ class Engine:
             client_callback_url=client_callback_url,
             request_hash=digest,
             status="queued",
+            created_at=now,
+            deadline=now + dt.timedelta(seconds=timeout) if timeout else None,
         )
         try:
             task = await self.store.create(
                 task,
-                [TaskEvent(task_id=0, status="accepted"), TaskEvent(task_id=0, status="queued")],
+                [TaskEvent(task_id=0, status="accepted", at=now),
+                 TaskEvent(task_id=0, status="queued", at=now)],
             )
         except DuplicateClientTaskId as dup:
             if dup.existing.request_hash != digest:
@@ -145,12 +191,63 @@ class Engine:
                     status_code=409,
                 ) from None
             return dup.existing, False
+        self._arm_deadline(task)
         await call_all(
             self.pm.hook.on_task_event, isolate=True, task=task,
-            event=TaskEvent(task_id=task.id, status="queued"),
+            event=TaskEvent(task_id=task.id, status="queued", at=now),
         )
         self.wake()
         return task, True
+
+    # ---- ending early: cancel and deadlines -----------------------------------------------
+
+    async def cancel(self, task_id: int) -> Task:
+        """End a task in whatever state it is: removed from our queue, deleted from
+        ComfyUI's queue, or interrupted while running."""
+        task = await self.store.get(task_id)
+        if task is None:
+            raise RequestError(f"no task with id {task_id}", field="task_id", status_code=404)
+        if task.is_final:
+            raise RequestError(
+                f"task {task_id} already ended ({task.status})", field="task_id", status_code=409
+            )
+        return await self._end_early(
+            task, Stop("cancelled", ErrorCode.CANCELLED, "cancelled by the client")
+        )
+
+    def _arm_deadline(self, task: Task) -> None:
+        if task.deadline is None or task.id in self._timers:
+            return
+        delay = max(0.0, (task.deadline - utcnow()).total_seconds())
+        loop = asyncio.get_running_loop()
+        self._timers[task.id] = loop.call_later(
+            delay, lambda: self._spawn(self._deadline_passed(task.id))
+        )
+
+    async def _deadline_passed(self, task_id: int) -> None:
+        self._timers.pop(task_id, None)
+        task = await self.store.get(task_id)
+        if task is not None and not task.is_final:
+            seconds = (task.deadline - task.created_at).total_seconds() if task.deadline else 0
+            await self._end_early(
+                task, Stop("failed", ErrorCode.TIMEOUT, f"the task's {seconds:g} s deadline passed")
+            )
+
+    async def _end_early(self, task: Task, stop: Stop) -> Task:
+        attempt = self._attempts.get(task.id)
+        if attempt is None:  # waiting in our queue
+            self._stopped.add(task.id)
+            return await self._finish(task, stop.status, stop.code, stop.message)
+        attempt.stop = stop
+        if attempt.watch.submitted:
+            client = attempt.monitor.client
+            with contextlib.suppress(EndpointUnavailable, httpx.HTTPError):
+                await client.delete_from_queue([attempt.prompt_id])  # if still pending
+                await client.interrupt(attempt.prompt_id)  # if running; no-op otherwise
+        attempt.watch.resolve("stopped")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(attempt.done.wait(), timeout=10)
+        return await self.store.get(task.id) or attempt.task
 
     # ---- dispatching --------------------------------------------------------------------
 
@@ -173,6 +270,8 @@ class Engine:
                 return
             not_now = []
             for task in tasks:
+                if task.id in self._stopped:
+                    continue
                 if not await self._dispatch(task):
                     not_now.append(task.id)
             if not_now:
@@ -180,65 +279,90 @@ class Engine:
                 return
 
     async def _dispatch(self, task: Task) -> bool:
+        """Start the task on an endpoint; False leaves it queued for later."""
+        workflow = self.workflows.get(task.workflow)
+        if workflow is None:
+            await self._finish(task, "failed", ErrorCode.BUILD_PROMPT_ERROR,
+                               f"workflow {task.workflow!r} is no longer deployed")
+            return True
         states = self.fleet.states()
-        choice = await call_first(self.pm.hook.schedule_endpoint, task=task, endpoints=states)
+        if states and all(s.node_classes is not None for s in states) and not any(
+            s.can_run(workflow.node_classes) for s in states
+        ):
+            missing = sorted(workflow.node_classes - set().union(*(s.node_classes for s in states)))
+            await self._finish(
+                task, "failed", ErrorCode.NO_CAPABLE_ENDPOINT,
+                "no endpoint offers every node class of workflow "
+                f"{workflow.name!r}; missing everywhere: {', '.join(missing) or '(none alone)'}",
+            )
+            return True
+        choice = await call_first(
+            self.pm.hook.schedule_endpoint, task=task, endpoints=states, workflow=workflow
+        )
         monitor = self.fleet.get(getattr(choice, "name", None))
-        if monitor is None or monitor.status != "up" or len(monitor.watches) >= monitor.capacity:
+        if monitor is None or not monitor.state().accepts(workflow.node_classes):
             return False
-        prompt_id = str(uuid.uuid4())
-        watch = monitor.reserve(prompt_id)
-        self._started[prompt_id] = asyncio.Event()
         task = msgspec.structs.replace(
             task,
             status="dispatched",
             endpoint=monitor.name,
-            comfyui_task_id=prompt_id,
+            comfyui_task_id=str(uuid.uuid4()),
             attempts=task.attempts + 1,
             dispatched_at=utcnow(),
         )
-        self._spawn(prompt_id, self._run(task, monitor, watch, fresh=True))
+        attempt = self._track(task, monitor, monitor.reserve(task.comfyui_task_id))
+        self._spawn(self._run(attempt, fresh=True))
         return True
 
-    def _spawn(self, prompt_id: str, coro) -> None:
-        run = asyncio.create_task(coro, name=f"prompt {prompt_id}")
-        self._runs[prompt_id] = run
-        run.add_done_callback(lambda _: self._runs.pop(prompt_id, None))
+    def _track(self, task: Task, monitor: EndpointMonitor, watch: Watch) -> Attempt:
+        attempt = Attempt(task, monitor, watch)
+        self._attempts[task.id] = attempt
+        self._by_prompt[watch.prompt_id] = attempt
+        return attempt
+
+    def _spawn(self, coro: Any) -> None:
+        run = asyncio.create_task(coro)
+        self._runs.add(run)
+        run.add_done_callback(self._runs.discard)
 
     def _on_started(self, prompt_id: str) -> None:
-        event = self._started.get(prompt_id)
-        if event is not None:
-            event.set()
+        attempt = self._by_prompt.get(prompt_id)
+        if attempt is not None:
+            attempt.started.set()
 
     # ---- one attempt ----------------------------------------------------------------------
 
-    async def _run(self, task: Task, monitor: EndpointMonitor, watch: Watch, *, fresh: bool):
-        prompt_id = watch.prompt_id
-        client = monitor.client
+    async def _run(self, attempt: Attempt, *, fresh: bool) -> None:
+        monitor, watch = attempt.monitor, attempt.watch
         try:
             if fresh:
-                await self._step(task, "dispatched")
-                await self._submit_prompt(task, client, monitor)
-                watch.submitted = True
-            task = await self._wait(task, watch)
-            await self._collect(task, client, prompt_id)
+                await self._step(attempt, "dispatched")
+                await self._submit_prompt(attempt)
+            await self._wait(attempt)
+            await self._collect(attempt)
+        except Stopped as exc:
+            await self._finish(attempt.task, exc.stop.status, exc.stop.code, exc.stop.message)
         except PromptRejected as exc:
-            await self._finish(task, "failed", ErrorCode.QUEUE_PROMPT_ERROR, str(exc))
+            await self._finish(attempt.task, "failed", ErrorCode.QUEUE_PROMPT_ERROR, str(exc))
         except (EndpointUnavailable, EndpointLost) as exc:
-            await self._retry_or_fail(task, str(exc))
+            await self._retry_or_fail(attempt.task, str(exc))
         except TaskFailure as exc:
-            await self._finish(task, "failed", exc.code, exc.message)
+            await self._finish(attempt.task, "failed", exc.code, exc.message)
         except asyncio.CancelledError:
             raise  # shutdown: the saved state lets the next start resume this task
         except Exception as exc:
-            log.exception("task %s failed unexpectedly", task.id)
-            await self._finish(task, "failed", ErrorCode.UNKNOWN, f"internal error: {exc!r}")
+            log.exception("task %s failed unexpectedly", attempt.task.id)
+            await self._finish(attempt.task, "failed", ErrorCode.UNKNOWN, f"internal error: {exc!r}")
         finally:
-            self._started.pop(prompt_id, None)
-            monitor.release(prompt_id)
+            self._attempts.pop(attempt.task.id, None)
+            self._by_prompt.pop(watch.prompt_id, None)
+            monitor.release(watch.prompt_id)
+            attempt.done.set()
 
-    async def _submit_prompt(self, task: Task, client: ComfyUIClient, monitor: EndpointMonitor):
-        workflow = self._workflow(task)
-        params = await self._upload_inputs(task, workflow, client)
+    async def _submit_prompt(self, attempt: Attempt) -> None:
+        task, monitor = attempt.task, attempt.monitor
+        workflow = self.workflows.get(task.workflow)
+        params = await self._upload_inputs(attempt, workflow)
         try:
             prompt = await call_first(
                 self.pm.hook.build_prompt,
@@ -248,45 +372,56 @@ class Engine:
             raise TaskFailure(ErrorCode.BUILD_PROMPT_ERROR, f"build_prompt failed: {exc!r}") from exc
         if prompt is None:
             raise TaskFailure(ErrorCode.BUILD_PROMPT_ERROR, "no plugin built a prompt")
-        tag_output_prefixes(prompt, task.comfyui_task_id.replace("-", "")[:12])
-        await client.post_prompt(prompt, client_id=monitor.client_id, prompt_id=task.comfyui_task_id)
+        tag_output_prefixes(prompt, attempt.prompt_id.replace("-", "")[:12])
+        if attempt.stop is not None:
+            raise Stopped(attempt.stop)
+        await monitor.client.post_prompt(
+            prompt, client_id=monitor.client_id, prompt_id=attempt.prompt_id
+        )
+        attempt.watch.submitted = True
 
-    async def _upload_inputs(self, task: Task, workflow: Workflow, client: ComfyUIClient):
+    async def _upload_inputs(self, attempt: Attempt, workflow: Workflow) -> dict[str, Any]:
+        task, client = attempt.task, attempt.monitor.client
         params = dict(task.params)
         uploaded = []
         for name, spec in workflow.params.items():
             if spec.type != "image" or params.get(name) is None:
                 continue
             data, ext = decode_image(f"params.{name}", params[name], self.settings.max_image_bytes)
-            filename = f"{task.comfyui_task_id}_{name}.{ext}"
+            filename = f"{attempt.prompt_id}_{name}.{ext}"
             try:
                 params[name] = await client.upload_image(data, filename, INPUT_SUBFOLDER)
             except httpx.HTTPStatusError as exc:
                 raise TaskFailure(ErrorCode.INPUT_UPLOAD_ERROR, f"upload of {name}: {exc}") from exc
             uploaded.append(params[name])
-        if uploaded:
-            task = msgspec.structs.replace(task, inputs=(*task.inputs, *uploaded))
-            await self.store.save(task)
+        if uploaded:  # recorded at once, so cleanup finds them whatever happens next
+            attempt.task = msgspec.structs.replace(task, inputs=(*task.inputs, *uploaded))
+            await self.store.save(attempt.task)
         return params
 
-    async def _wait(self, task: Task, watch: Watch) -> Task:
+    async def _wait(self, attempt: Attempt) -> None:
         """Wait for the prompt's end, recording `running` when ComfyUI starts it."""
-        started = self._started.get(watch.prompt_id)
-        if started is not None and task.status != "running":
-            start_wait = asyncio.ensure_future(started.wait())
+        watch = attempt.watch
+        if attempt.task.status != "running":
+            start_wait = asyncio.ensure_future(attempt.started.wait())
             try:
                 await asyncio.wait({watch.future, start_wait}, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 start_wait.cancel()
-            if started.is_set():
-                task = msgspec.structs.replace(task, status="running", started_at=utcnow())
-                await self._step(task, "running")
-        if await watch.future == "lost":
-            raise EndpointLost(f"{task.endpoint} lost prompt {watch.prompt_id}")
-        return task
+            if attempt.started.is_set() and attempt.stop is None:
+                attempt.task = msgspec.structs.replace(
+                    attempt.task, status="running", started_at=utcnow()
+                )
+                await self._step(attempt, "running")
+        outcome = await watch.future
+        if attempt.stop is not None:
+            raise Stopped(attempt.stop)
+        if outcome == "lost":
+            raise EndpointLost(f"{attempt.task.endpoint} lost prompt {watch.prompt_id}")
 
-    async def _collect(self, task: Task, client: ComfyUIClient, prompt_id: str) -> None:
-        entry = await self._history(client, prompt_id)
+    async def _collect(self, attempt: Attempt) -> None:
+        task, client = attempt.task, attempt.monitor.client
+        entry = await self._history(client, attempt.prompt_id)
         status = entry.get("status") or {}
         if status.get("status_str") != "success":
             kind, data = _last_outcome(status.get("messages") or [])
@@ -321,7 +456,10 @@ class Engine:
 
     # ---- steps and endings -----------------------------------------------------------------
 
-    async def _step(self, task: Task, status: TaskStatus, detail: str | None = None) -> None:
+    async def _step(self, attempt: Attempt, status: TaskStatus) -> None:
+        await self._record(attempt.task, status)
+
+    async def _record(self, task: Task, status: TaskStatus, detail: str | None = None) -> None:
         event = TaskEvent(task_id=task.id, status=status, endpoint=task.endpoint, detail=detail)
         await self.store.save(task, event)
         await call_all(self.pm.hook.on_task_event, isolate=True, task=task, event=event)
@@ -337,16 +475,19 @@ class Engine:
         task = msgspec.structs.replace(
             task, status="queued", endpoint=None, comfyui_task_id=None, started_at=None
         )
-        await self._step(task, "queued", f"requeued: {reason}")
+        await self._record(task, "queued", f"requeued: {reason}")
         self.wake()
 
     async def _finish(
         self, task: Task, status: TaskStatus, code: ErrorCode, message: str | None
     ) -> Task:
+        timer = self._timers.pop(task.id, None)
+        if timer is not None:
+            timer.cancel()
         task = msgspec.structs.replace(
             task, status=status, error_code=int(code), error=message, finished_at=utcnow()
         )
-        await self._step(task, status, message)
+        await self._record(task, status, message)
         result = TaskResult(
             status=status, outputs=task.outputs, error_code=int(code), error=message
         )
@@ -354,28 +495,23 @@ class Engine:
         await call_all(self.pm.hook.notify, isolate=True, task=task, result=result)
         return task
 
-    def _workflow(self, task: Task) -> Workflow:
-        workflow = self.workflows.get(task.workflow)
-        if workflow is None:
-            raise TaskFailure(ErrorCode.BUILD_PROMPT_ERROR, f"workflow {task.workflow!r} is gone")
-        return workflow
-
     # ---- recovery -----------------------------------------------------------------------
 
     async def _recover(self) -> None:
         """Resume what a previous run left: dispatched and running tasks are watched again
         on their endpoint (history tells whether they finished); the rest is queued."""
         for task in await self.store.unfinished():
+            self._arm_deadline(task)
             if task.status in ("accepted", "queued"):
                 continue
             monitor = self.fleet.get(task.endpoint)
             if monitor is None or task.comfyui_task_id is None:
-                await self._retry_or_fail(task, "endpoint no longer configured")
+                await self._retry_or_fail(task, "its endpoint is no longer configured")
                 continue
             watch = monitor.reserve(task.comfyui_task_id)
-            watch.submitted = True
+            watch.submitted = True  # we cannot know; reconcile settles it either way
             log.info("task %s: resuming prompt %s on %s", task.id, watch.prompt_id, monitor.name)
-            self._spawn(watch.prompt_id, self._run(task, monitor, watch, fresh=False))
+            self._spawn(self._run(self._track(task, monitor, watch), fresh=False))
 
 
 def _last_outcome(messages: list) -> tuple[str, dict]:

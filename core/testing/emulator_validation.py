@@ -15,6 +15,7 @@ from typing import Any
 from .emulator_nodes import OBJECT_INFO, Folders, NodeClass, input_spec
 
 Error = dict[str, Any]
+_CONVERTERS: dict[str, type] = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool}
 NodeVerdict = tuple[bool, list[Error], str]
 
 
@@ -116,7 +117,9 @@ class PromptValidator:
                 "prompt_outputs_failed_validation", "Prompt outputs failed validation", details
             )
             return False, error, [], node_errors
-        return True, None, good, node_errors
+        # ComfyUI returns a set, so independent outputs run in an arbitrary order; reverse
+        # prompt order is what the recorded sessions happened to show.
+        return True, None, good[::-1], node_errors
 
     @staticmethod
     def _invalid_prompt(reason: str, node_id: str) -> Error:
@@ -229,7 +232,7 @@ class PromptValidator:
         try:
             if isinstance(value, dict) and "__value__" in value:
                 value = inputs[name] = value["__value__"]
-            converter = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool}.get(input_type)
+            converter = _CONVERTERS.get(input_type) if isinstance(input_type, str) else None
             if converter is not None:
                 value = inputs[name] = converter(value)
         except Exception as ex:
