@@ -1,0 +1,132 @@
+"""Scheduling over several endpoints: bursts spread, capabilities respected, endpoint deaths
+survived, cancellation and deadlines honoured on the ComfyUI side too."""
+
+from collections import Counter
+
+import httpx
+from fixtures_app import wait_final, wait_until
+
+
+def submit(server, params=None, **extra):
+    body = {"service_type": "blank", "params": params or {"width": 8, "height": 8}, **extra}
+    response = httpx.post(server.api, json=body, timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_a_burst_spreads_over_all_endpoints(comfyui_emulator_factory, server_factory):
+    emulators = [comfyui_emulator_factory(node_time=0.05) for _ in range(3)]
+    server = server_factory(emulators)
+    ids = [submit(server, {"color": i, "width": 8, "height": 8})["id"] for i in range(30)]
+    records = [wait_final(server.api, i, timeout=60) for i in ids]
+    assert {r["status"] for r in records} == {"completed"}
+    counts = Counter(r["endpoint"] for r in records)
+    assert set(counts) == {e.address for e in emulators}
+    assert min(counts.values()) >= 6, counts
+
+
+def test_an_endpoint_lacking_a_node_class_never_gets_the_workflow(
+    comfyui_emulator_factory, server_factory
+):
+    full = comfyui_emulator_factory()
+    partial = comfyui_emulator_factory(object_info_exclude=["EmptyImage"])
+    server = server_factory([full, partial])
+    ids = [submit(server, {"color": i, "width": 8, "height": 8})["id"] for i in range(8)]
+    records = [wait_final(server.api, i) for i in ids]
+    assert {r["endpoint"] for r in records} == {full.address}
+    assert all(p["prompt"] for p in full.prompts_received)
+    assert partial.prompts_received == []
+
+
+def test_no_capable_endpoint_fails_the_task_with_a_clear_code(comfyui_emulator, server_factory):
+    server = server_factory([comfyui_emulator])
+    # the seed's Flux workflow needs model loaders the emulator does not offer
+    task = httpx.post(server.api, json={"service_type": "text2img", "params": {"text": "x"}}).json()
+    record = wait_final(server.api, task["id"])
+    assert record["status"] == "failed"
+    assert record["error_code"] == 13
+    assert "UNETLoader" in record["error"]
+
+
+def test_killed_endpoint_loses_no_task(comfyui_emulator_factory, server_factory):
+    a, b = comfyui_emulator_factory(node_time=0.1), comfyui_emulator_factory(node_time=0.1)
+    server = server_factory([a, b], env={"MAX_ATTEMPTS": "3"})
+    ids = [submit(server, {"color": i, "width": 8, "height": 8})["id"] for i in range(12)]
+    wait_until(lambda: len(a.prompts_received) >= 2)
+    a.kill()
+    wait_until(
+        lambda: next(e for e in httpx.get(server.api + "/endpoints").json()
+                     if e["name"] == a.address)["status"] == "down"
+    )
+    sent_before_death = len(a.prompts_received)
+    records = [wait_final(server.api, i, timeout=60) for i in ids]
+    assert {r["status"] for r in records} == {"completed"}, [r["error"] for r in records]
+    assert {r["endpoint"] for r in records[-4:]} == {b.address}
+    # nothing went to the dead endpoint once it was seen down
+    assert len(a.prompts_received) == sent_before_death
+    requeued = [r for r in records if r["attempts"] > 1]
+    assert requeued, "the tasks in flight on the dead endpoint ran again elsewhere"
+    # brought back, it receives work again
+    a.restart()
+    wait_until(lambda: all(e["status"] == "up" for e in httpx.get(server.api + "/endpoints").json()))
+    more = [submit(server, {"color": 100 + i, "width": 8, "height": 8})["id"] for i in range(6)]
+    later = [wait_final(server.api, i) for i in more]
+    assert a.address in {r["endpoint"] for r in later}
+
+
+def test_cancel_while_queued_here(comfyui_emulator, server_factory, webhook_receiver):
+    comfyui_emulator.hang()
+    server = server_factory([comfyui_emulator], env={"MAX_IN_FLIGHT_PER_ENDPOINT": "1"})
+    first = submit(server)
+    wait_until(lambda: httpx.get(f"{server.api}/tasks/{first['id']}").json()["status"] == "running")
+    second = submit(server, {"color": 5}, client_callback_url=webhook_receiver.url)
+    response = httpx.delete(f"{server.api}/tasks/{second['id']}")
+    assert response.status_code == 200
+    assert response.json()["status"] == "cancelled"
+    assert response.json()["error_code"] == 9
+    (delivery,) = webhook_receiver.wait_for(1)
+    assert delivery.json()["event"] == "task.cancelled"
+    assert all(p["prompt_id"] != response.json()["comfyui_task_id"] for p in comfyui_emulator.prompts_received)
+    assert len(comfyui_emulator.prompts_received) == 1
+    again = httpx.delete(f"{server.api}/tasks/{second['id']}")
+    assert again.status_code == 409
+
+
+def test_cancel_while_pending_in_comfyui_deletes_it_from_the_queue(comfyui_emulator, server_factory):
+    comfyui_emulator.hang()
+    server = server_factory([comfyui_emulator], env={"MAX_IN_FLIGHT_PER_ENDPOINT": "2"})
+    first = submit(server)
+    second = submit(server, {"color": 7})
+    wait_until(lambda: len(comfyui_emulator.queue_pending) == 1)
+    pending_id = comfyui_emulator.queue_pending[0][1]
+    record = httpx.get(f"{server.api}/tasks/{second['id']}").json()
+    assert record["comfyui_task_id"] == pending_id
+    assert httpx.delete(f"{server.api}/tasks/{second['id']}").json()["status"] == "cancelled"
+    assert comfyui_emulator.queue_pending == []
+    assert comfyui_emulator.queue_running[0][1] == httpx.get(
+        f"{server.api}/tasks/{first['id']}").json()["comfyui_task_id"]
+
+
+def test_cancel_while_running_interrupts_it(comfyui_emulator, server_factory):
+    comfyui_emulator.hang()
+    server = server_factory([comfyui_emulator])
+    task = submit(server)
+    wait_until(lambda: httpx.get(f"{server.api}/tasks/{task['id']}").json()["status"] == "running")
+    prompt_id = httpx.get(f"{server.api}/tasks/{task['id']}").json()["comfyui_task_id"]
+    record = httpx.delete(f"{server.api}/tasks/{task['id']}").json()
+    assert record["status"] == "cancelled"
+    wait_until(lambda: prompt_id in comfyui_emulator.history)
+    last = comfyui_emulator.history[prompt_id]["status"]["messages"][-1][0]
+    assert last == "execution_interrupted"
+
+
+def test_deadline_on_a_hanging_prompt_interrupts_and_times_out(comfyui_emulator, server_factory):
+    comfyui_emulator.hang()
+    server = server_factory([comfyui_emulator])
+    task = submit(server, timeout=0.5)
+    record = wait_final(server.api, task["id"])
+    assert record["status"] == "failed"
+    assert record["error_code"] == 11
+    wait_until(lambda: record["comfyui_task_id"] in comfyui_emulator.history)
+    messages = comfyui_emulator.history[record["comfyui_task_id"]]["status"]["messages"]
+    assert messages[-1][0] == "execution_interrupted"
