@@ -24,8 +24,10 @@ def db() -> None:
 @click.option("--to", "to", type=int, default=None, help="Stop after this schema version.")
 def upgrade_command(to: int | None) -> None:
     """Apply pending schema migrations and print each one applied."""
-    # The core CLI may hand its Settings down through the click context.
-    settings = click.get_current_context().find_object(Settings) or get_settings()
+    # The core CLI keeps its Settings (honouring --env-file) on the context object.
+    settings = getattr(click.get_current_context().obj, "settings", None)
+    if not isinstance(settings, Settings):
+        settings = get_settings()
     try:
         target = resolve_target(settings)
         applied, version = asyncio.run(_upgrade(target, to))

@@ -1,0 +1,232 @@
+"""The TaskStore contract, held by every store: the in-memory reference and the database
+plugin on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+import msgspec
+import pytest
+from comfyui_server.core import DuplicateClientTaskId, MemoryTaskStore, OutputRef, Task, TaskEvent
+from comfyui_server.core.store import TaskStore
+
+
+def first_events() -> list[TaskEvent]:
+    return [TaskEvent(task_id=0, status="accepted"), TaskEvent(task_id=0, status="queued")]
+
+
+def new_task(**fields) -> Task:
+    fields.setdefault("workflow", "text2img")
+    fields.setdefault("status", "queued")
+    return Task(**fields)
+
+
+def replace(task: Task, **fields) -> Task:
+    return msgspec.structs.replace(task, **fields)
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+async def store(request, make_db_url, task_store_factory) -> TaskStore:
+    if request.param == "memory":
+        return MemoryTaskStore()
+    return await task_store_factory(make_db_url(request.param))
+
+
+async def add(store: TaskStore, count: int, **fields) -> list[Task]:
+    return [await store.create(new_task(**fields), first_events()) for _ in range(count)]
+
+
+async def claim_all(store: TaskStore, owner: str, batch: int) -> list[int]:
+    """Claim until nothing is left, yielding to the other claimers between rounds."""
+    ids: list[int] = []
+    while tasks := await store.claim(owner, batch):
+        ids.extend(t.id for t in tasks)
+        await asyncio.sleep(0)
+    return ids
+
+
+async def test_store_satisfies_the_protocol(store):
+    assert isinstance(store, TaskStore)
+
+
+async def test_create_get_find(store):
+    task = new_task(
+        params={"prompt": "a cat", "steps": 20, "nested": {"x": [1, 2.5, None]}},
+        client_task_id="client-1",
+        client_callback_url="http://127.0.0.1:9/hook",
+        request_hash="abc",
+    )
+    created = await store.create(task, first_events())
+    assert created.id > 0
+    assert created == replace(task, id=created.id)
+    assert await store.get(created.id) == created
+    assert await store.find("client-1") == created
+    assert await store.get(created.id + 1000) is None
+    assert await store.find("nobody") is None
+    second = await store.create(new_task(), first_events())
+    assert second.id > created.id
+    assert [e.status for e in await store.events(created.id)] == ["accepted", "queued"]
+    assert {e.task_id for e in await store.events(created.id)} == {created.id}
+
+
+async def test_duplicate_client_task_id_raises_with_the_existing_task(store):
+    first = await store.create(new_task(client_task_id="same", request_hash="1"), first_events())
+    with pytest.raises(DuplicateClientTaskId) as caught:
+        await store.create(new_task(client_task_id="same", request_hash="2"), first_events())
+    assert caught.value.existing == first
+    assert len(await store.events(first.id)) == 2
+    assert await store.claim("owner", 10) == [first]
+
+
+async def test_tasks_without_client_task_id_never_collide(store):
+    tasks = await add(store, 3)
+    assert len({t.id for t in tasks}) == 3
+
+
+async def test_save_persists_state_and_appends_events_in_order(store):
+    task = await store.create(new_task(), first_events())
+    at = dt.datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC)
+    task = replace(
+        task,
+        status="dispatched",
+        endpoint="127.0.0.1:8188",
+        comfyui_task_id="p-1",
+        attempts=1,
+        dispatched_at=at,
+    )
+    await store.save(task, TaskEvent(task_id=task.id, status="dispatched", endpoint=task.endpoint))
+    task = replace(task, inputs=("comfyui-server/p-1_image.png",))
+    await store.save(task)  # a state change with no step
+    task = replace(task, status="running", started_at=at + dt.timedelta(seconds=1))
+    await store.save(task, TaskEvent(task_id=task.id, status="running", endpoint=task.endpoint))
+    task = replace(
+        task,
+        status="failed",
+        error_code=4,
+        error="node 3 failed",
+        finished_at=at,
+    )
+    await store.save(task, TaskEvent(task_id=task.id, status="failed", detail="node 3 failed"))
+    assert await store.get(task.id) == task
+    events = await store.events(task.id)
+    assert [e.status for e in events] == ["accepted", "queued", "dispatched", "running", "failed"]
+    assert events[2].endpoint == "127.0.0.1:8188"
+    assert events[4].detail == "node 3 failed"
+    assert await store.events(task.id + 1000) == []
+
+
+async def test_claim_takes_the_oldest_queued_tasks_up_to_the_limit(store):
+    queued = await add(store, 5)
+    await store.create(new_task(status="accepted"), [])
+    done = await store.create(new_task(status="completed"), [])
+    first = await store.claim("a", 2)
+    assert [t.id for t in first] == [queued[0].id, queued[1].id]
+    assert first == queued[:2]
+    rest = await store.claim("b", 10)
+    assert [t.id for t in rest] == [t.id for t in queued[2:]]
+    assert await store.claim("c", 10) == []
+    assert done.id not in {t.id for t in first + rest}
+
+
+async def test_concurrent_claims_never_hand_a_task_to_two_owners(store):
+    tasks = await add(store, 60)
+    results = await asyncio.gather(*(claim_all(store, f"owner-{n}", 3) for n in range(4)))
+    claimed = [task_id for ids in results for task_id in ids]
+    assert sorted(claimed) == [t.id for t in tasks]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_two_store_instances_never_claim_the_same_task(
+    backend, make_db_url, task_store_factory
+):
+    """Two instances on one database stand for two replicas (two pools, two connections)."""
+    url = make_db_url(backend)
+    one, two = await task_store_factory(url), await task_store_factory(url)
+    tasks = await add(one, 80)
+    results = await asyncio.gather(
+        claim_all(one, "replica-1", 2),
+        claim_all(two, "replica-2", 2),
+        claim_all(one, "replica-1b", 5),
+        claim_all(two, "replica-2b", 5),
+    )
+    claimed = [task_id for ids in results for task_id in ids]
+    assert sorted(claimed) == [t.id for t in tasks]
+    assert all(results), "every claimer should have won some tasks"
+
+
+async def test_release_gives_tasks_back_in_id_order(store):
+    tasks = await add(store, 3)
+    claimed = await store.claim("a", 2)
+    await store.release([claimed[0].id])
+    again = await store.claim("b", 10)
+    assert [t.id for t in again] == [tasks[0].id, tasks[2].id]
+    await store.release([])
+
+
+async def test_release_after_dispatch_does_not_requeue(store):
+    (task,) = await add(store, 1)
+    (claimed,) = await store.claim("a", 1)
+    await store.save(replace(claimed, status="dispatched"), None)
+    await store.release([task.id])
+    assert await store.claim("b", 1) == []
+
+
+async def test_a_requeued_task_can_be_claimed_again_but_a_claimed_one_cannot(store):
+    (task,) = await add(store, 1)
+    (claimed,) = await store.claim("a", 1)
+    await store.save(claimed)  # still queued: the claim holds
+    assert await store.claim("b", 1) == []
+    dispatched = replace(claimed, status="dispatched", attempts=1)
+    await store.save(dispatched, TaskEvent(task_id=task.id, status="dispatched"))
+    requeued = replace(dispatched, status="queued")
+    await store.save(requeued, TaskEvent(task_id=task.id, status="queued", detail="requeued"))
+    assert await store.claim("b", 1) == [requeued]
+
+
+async def test_unfinished_lists_every_task_not_in_a_final_state(store):
+    statuses = ["accepted", "queued", "dispatched", "running", "completed", "failed", "cancelled"]
+    tasks = [await store.create(new_task(status=s), []) for s in statuses]
+    unfinished = await store.unfinished()
+    assert sorted(t.id for t in unfinished) == [t.id for t in tasks[:4]]
+    assert sorted(unfinished, key=lambda t: t.id) == tasks[:4]
+
+
+async def test_outputs_round_trip_as_output_refs(store):
+    task = await store.create(new_task(), first_events())
+    outputs = (
+        OutputRef(
+            key="7/out/a.png",
+            url="http://x/a.png",
+            filename="a.png",
+            subfolder="out",
+            node_id="9",
+            content_type="image/png",
+            size=12345,
+            storage="s3",
+        ),
+        OutputRef(
+            key="7/b.webp", filename="b.webp", node_id="10", content_type="image/webp", size=1
+        ),
+    )
+    task = replace(task, status="completed", outputs=outputs, inputs=("in/a.png", "in/b.png"))
+    await store.save(task, TaskEvent(task_id=task.id, status="completed"))
+    got = await store.get(task.id)
+    assert got.outputs == outputs
+    assert all(isinstance(o, OutputRef) for o in got.outputs)
+    assert got.inputs == ("in/a.png", "in/b.png")
+
+
+async def test_datetimes_come_back_timezone_aware(store):
+    plus_two = dt.timezone(dt.timedelta(hours=2))
+    created_at = dt.datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=plus_two)
+    event_at = dt.datetime(2031, 5, 6, 7, 8, 10, tzinfo=dt.UTC)
+    task = await store.create(
+        new_task(created_at=created_at), [TaskEvent(task_id=0, status="queued", at=event_at)]
+    )
+    got = await store.get(task.id)
+    (event,) = await store.events(task.id)
+    for value, expected in ((got.created_at, created_at), (event.at, event_at)):
+        assert value.tzinfo is not None
+        assert value == expected
+    assert got.dispatched_at is None
