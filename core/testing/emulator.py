@@ -1102,7 +1102,8 @@ def run_emulator(
                 on_started(emulator)
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
-            with contextlib.suppress(NotImplementedError):
+            # Only possible in the main thread (and not on Windows); Ctrl-C works regardless.
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(signal.SIGTERM, stop.set)
             await stop.wait()
 
