@@ -12,6 +12,7 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0"
 
+from .comfyui.client import ComfyUIClient, PromptRejected
 from .config import Settings, load_settings
 from .errors import ConfigError, ErrorCode, RequestError, StartupError
 from .hookspecs import hookimpl
@@ -30,12 +31,14 @@ from .workflows import Workflow
 
 __all__ = [
     "Artifact",
+    "ComfyUIClient",
     "ConfigError",
     "DuplicateClientTaskId",
     "EndpointState",
     "ErrorCode",
     "MemoryTaskStore",
     "OutputRef",
+    "PromptRejected",
     "RequestError",
     "Settings",
     "StartupError",

@@ -86,10 +86,12 @@ def create_app(
         http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0), trust_env=False)
         started = False
         try:
-            await call_all(pm.hook.startup, app=app, settings=settings)
-            started = True
+            # the engine exists before plugins start, so they can reach it (app.state.engine),
+            # and runs only after they have started
             engine = Engine(pm, settings, store, workflows, http, monitor_options=monitor_options)
             app.state.engine = engine
+            await call_all(pm.hook.startup, app=app, settings=settings)
+            started = True
             await engine.start()
             try:
                 yield

@@ -50,6 +50,9 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerThread]]:
             "COMFYUI_ENDPOINTS": ",".join(e.address for e in endpoints),
             "DATA_DIR": str(tmp_path / f"data{len(servers)}"),
             "URL_ALLOWLIST": "127.0.0.1",
+            # tests compare stored outputs with the emulator's files; the cleanup tests
+            # switch it back on
+            "COMFYUI_CLEANUP": "off",
         }
         kwargs.setdefault("monitor_options", FAST_MONITOR)
         server = ServerThread({**base, **(env or {})}, **kwargs).start()

@@ -135,6 +135,17 @@ class Engine:
     def wake(self) -> None:
         self._wakeup.set()
 
+    def client(self, endpoint: str | None) -> ComfyUIClient | None:
+        """The HTTP client of an endpoint by name (`host:port`), for plugins that talk to
+        ComfyUI themselves (cleanup, for instance)."""
+        monitor = self.fleet.get(endpoint)
+        return monitor.client if monitor else None
+
+    def client_id(self, endpoint: str | None) -> str | None:
+        """The websocket clientId we use on an endpoint: prompts sent with it report to us."""
+        monitor = self.fleet.get(endpoint)
+        return monitor.client_id if monitor else None
+
     # ---- submission ---------------------------------------------------------------------
 
     async def submit(
