@@ -53,6 +53,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     loopback or private addresses, e.g. `127.0.0.1,10.0.0.0/8`."""
     max_image_bytes: int = 20 * 1024 * 1024
     """Largest accepted image parameter, decoded."""
+    image_fetch_timeout: float = 15.0
+    """Seconds to download an image parameter given as a URL."""
     log_level: str = "INFO"
 
     env: dict[str, str] = msgspec.field(default_factory=dict, name="__env__")

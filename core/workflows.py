@@ -146,9 +146,7 @@ class Workflow(msgspec.Struct, frozen=True, kw_only=True):
     def node_classes(self) -> frozenset[str]:
         return frozenset(node["class_type"] for node in self.graph.values())
 
-    def validate_params(
-        self, params: Mapping[str, Any], *, check_image: Callable[[str, Any], Any] | None = None
-    ) -> dict[str, Any]:
+    def validate_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """Check `params` against the spec: the result has every param, defaults filled in.
         Errors name the field as `params.NAME`."""
         unknown = sorted(set(params) - set(self.params))
@@ -166,10 +164,7 @@ class Workflow(msgspec.Struct, frozen=True, kw_only=True):
                     raise RequestError(f"{field} is required", field=field)
                 clean[name] = spec.default
                 continue
-            value = _check_value(spec, params[name], field)
-            if spec.type == "image" and check_image is not None:
-                value = check_image(field, value)
-            clean[name] = value
+            clean[name] = _check_value(spec, params[name], field)
         return clean
 
     def apply_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -226,9 +221,9 @@ def _resolve_target(text: str, graph: Mapping[str, Any], where: str, param: str)
 
 
 def _param_from_spec(name: str, p: SpecFile.Param, graph: Mapping[str, Any], where: str):
+    # A param without a target is validated here and used by the workflow's own
+    # build_prompt (a plugin); the spec-driven builder ignores it.
     targets = [p.target] if isinstance(p.target, str) else list(p.target)
-    if not targets:
-        raise WorkflowError(f"{where}: params.{name}: a target is required")
     spec = ParamSpec(
         name=name,
         type=p.type,

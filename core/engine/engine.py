@@ -23,7 +23,7 @@ from ..comfyui.monitor import EndpointMonitor, Watch
 from ..config import Settings
 from ..errors import EndpointUnavailable, ErrorCode, RequestError, TaskFailure
 from ..hookcall import call_all, call_first
-from ..inputs import decode_image
+from ..inputs import decode_image, fetch_image, is_url
 from ..models import Task, TaskEvent, TaskResult, TaskStatus, utcnow
 from ..store import DuplicateClientTaskId, TaskStore
 from ..urls import UrlPolicy
@@ -167,10 +167,8 @@ class Engine:
                 field="service_type",
                 status_code=422,
             )
-        max_bytes = self.settings.max_image_bytes
-        clean = workflow.validate_params(
-            params, check_image=lambda field, value: decode_image(field, value, max_bytes) and value
-        )
+        clean = workflow.validate_params(params)
+        await self._load_images(workflow, clean)
         if client_callback_url:
             await self.url_policy.check(client_callback_url, "client_callback_url")
         digest = hashlib.sha256(
@@ -209,6 +207,21 @@ class Engine:
         )
         self.wake()
         return task, True
+
+    async def _load_images(self, workflow: Workflow, params: dict[str, Any]) -> None:
+        """Check every image param now; URLs are fetched and kept as data URLs."""
+        max_bytes = self.settings.max_image_bytes
+        for name, spec in workflow.params.items():
+            value, field = params.get(name), f"params.{name}"
+            if spec.type != "image" or value is None:
+                continue
+            if is_url(value):
+                params[name] = await fetch_image(
+                    field, value, http=self.http, policy=self.url_policy,
+                    max_bytes=max_bytes, timeout=self.settings.image_fetch_timeout,
+                )
+            else:
+                decode_image(field, value, max_bytes)
 
     # ---- ending early: cancel and deadlines -----------------------------------------------
 

@@ -1,5 +1,6 @@
-"""Adds the `swatch` workflow. Its colour comes as "#rrggbb" text, which ComfyUI's EmptyImage
-wants as an integer: logic a spec cannot express, so this plugin builds its own prompt."""
+"""Adds the `swatch` workflow. Its colour comes as "#rrggbb" text and its shape as an
+aspect ratio, which ComfyUI's EmptyImage wants as an integer colour, a width and a height:
+logic a spec cannot express, so this plugin builds its own prompt."""
 
 from importlib.resources import files
 
@@ -17,6 +18,11 @@ def register_workflows(register):
 def build_prompt(workflow, params):
     if workflow.name != WORKFLOW.name:
         return None  # not ours: the next builder (the spec-driven one) handles it
-    prompt = workflow.apply_params({k: v for k, v in params.items() if k != "hex"})
-    prompt["1"]["inputs"]["color"] = int(params["hex"].lstrip("#"), 16)
+    prompt = workflow.apply_params(params)
+    across, down = (int(n) for n in params["aspect_ratio"].split(":"))
+    prompt["1"]["inputs"].update(
+        color=int(params["hex"].lstrip("#"), 16),
+        width=params["size"],
+        height=max(1, params["size"] * down // across),
+    )
     return prompt
