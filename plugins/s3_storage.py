@@ -219,15 +219,15 @@ class Bucket:
                 break
         else:
             await obstore.put_async(
-                self.store, key, bytes(head), attributes=attributes, use_multipart=False
+                self.store, key, head, attributes=attributes, use_multipart=False
             )
             return len(head)
 
         size = len(head)
 
-        async def rest() -> AsyncIterator[bytes]:
+        async def rest() -> AsyncIterator[bytes | bytearray]:
             nonlocal size
-            yield bytes(head)
+            yield head
             async for chunk in chunks:
                 size += len(chunk)
                 yield chunk
@@ -319,4 +319,9 @@ async def output_url(output: OutputRef) -> str | None:
     if output.storage != STORAGE or bucket is None:
         return None
     ttl = dt.timedelta(seconds=bucket.settings.s3_presign_ttl)
-    return await obstore.sign_async(bucket.store, "GET", output.key, ttl)
+    try:
+        return await obstore.sign_async(bucket.store, "GET", output.key, ttl)
+    except ObstoreError as exc:
+        # e.g. the credential chain is unreachable: a record without a link beats no record
+        log.warning("cannot presign %r: %s", output.key, first_line(exc))
+        return None

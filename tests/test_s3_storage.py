@@ -297,7 +297,8 @@ def test_every_read_signs_the_url_afresh(comfyui_emulator, server_factory, s3_se
     server = server_factory([comfyui_emulator], s3_server.env(), extra_plugins=plugins())
     task_id = wait_final(server.api, submit(server, params={"width": 8, "height": 8})["id"])["id"]
     first = httpx.get(f"{server.api}/tasks/{task_id}").json()["outputs"][0]["url"]
-    date = signed_at(first)[0]
+    date, expires = signed_at(first)
+    assert expires == "3600"
 
     def signed_later() -> str | None:
         url = httpx.get(f"{server.api}/tasks/{task_id}").json()["outputs"][0]["url"]
