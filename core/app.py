@@ -20,6 +20,7 @@ from . import __version__
 from .api.catalog import EndpointController, WorkflowController, health, ready
 from .api.schemas import ErrorBody, ErrorDetail
 from .api.tasks import SeedSubmitController, TaskController
+from .api.workflow_routes import workflow_routes
 from .config import Settings, get_settings
 from .engine import Engine
 from .errors import RequestError
@@ -108,8 +109,9 @@ def create_app(
         path=settings.route_prefix,
         route_handlers=[SeedSubmitController, TaskController, WorkflowController, EndpointController],
     )
+    typed = workflow_routes(workflows, settings.route_prefix)
     return Litestar(
-        route_handlers=[api, health, ready, *plugin_routes],
+        route_handlers=[api, health, ready, *typed, *plugin_routes],
         lifespan=[lifespan],
         state=State({"pm": pm, "settings": settings}),
         exception_handlers={RequestError: _request_error, HTTPException: _http_error},

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import click
 import msgspec
@@ -18,6 +20,7 @@ import msgspec
 from .config import ConfigError, Settings, get_settings
 from .errors import ComfyServerError
 from .plugins import PluginManager, create_plugin_manager
+from .workflows import collect_workflows
 
 TABLE_COLUMNS = ("NAME", "DISTRIBUTION", "VERSION", "KIND", "STATUS", "HOOKS")
 
@@ -74,15 +77,16 @@ def plugins(obj: Context, as_json: bool, hook_filter: str | None) -> None:
     click.echo(_table(rows))
 
 
-@cli.command()
+@cli.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.pass_obj
-def workflows(obj: Context, as_json: bool) -> None:
+@click.pass_context
+def workflows(ctx: click.Context, as_json: bool) -> None:
     """List the deployed workflows and their parameters."""
+    if ctx.invoked_subcommand is not None:
+        return
     from .api.catalog import workflow_info
-    from .workflows import collect_workflows
 
-    registry = collect_workflows(obj.pm, obj.settings)
+    registry = collect_workflows(ctx.obj.pm, ctx.obj.settings)
     infos = [workflow_info(w, registry.owner(w.name)) for w in registry]
     if as_json:
         click.echo(json.dumps(msgspec.to_builtins(infos), indent=2))
@@ -95,6 +99,72 @@ def workflows(obj: Context, as_json: bool) -> None:
             i.description,
         )
         for i in infos
+    ]
+    click.echo(_table(rows))
+
+
+@workflows.command("new")
+@click.argument("name")
+@click.option("--from", "export", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The workflow exported from ComfyUI with 'Export (API)'.")
+@click.option("--dir", "folder", type=click.Path(file_okay=False),
+              help="Where to write NAME.json and NAME.toml [WORKFLOWS_DIR].")
+@click.option("--all-params", is_flag=True, help="Write every candidate param uncommented.")
+@click.option("--force", is_flag=True, help="Overwrite existing files.")
+@click.pass_obj
+def workflows_new(
+    obj: Context, name: str, export: str, folder: str | None, all_params: bool, force: bool
+) -> None:
+    """Deploy an export: copy it to NAME.json and draft NAME.toml beside it."""
+    from .workflow_tools import draft_spec
+    from .workflows import Workflow
+
+    folder = folder or obj.settings.workflows_dir
+    if not folder:
+        raise click.UsageError("give --dir or set WORKFLOWS_DIR")
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
+        raise click.BadParameter("letters, digits, '_', '-' and '.' only", param_hint="NAME")
+    text = Path(export).read_text(encoding="utf-8")
+    try:
+        graph = json.loads(text)
+        Workflow.from_data(name, json.loads(text), source=export)
+    except ValueError as exc:
+        raise click.ClickException(f"{export}: {exc}") from None
+    target = Path(folder)
+    target.mkdir(parents=True, exist_ok=True)
+    json_file, toml_file = target / f"{name}.json", target / f"{name}.toml"
+    for path in (json_file, toml_file):
+        if path.exists() and not force:
+            raise click.ClickException(f"{path} exists; use --force to overwrite it")
+    json_file.write_text(text, encoding="utf-8")
+    toml_file.write_text(draft_spec(graph, active=all_params), encoding="utf-8")
+    click.echo(f"wrote {json_file} and {toml_file}; edit the TOML, then restart the server")
+
+
+@workflows.command("check")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def workflows_check(obj: Context, as_json: bool) -> None:
+    """Which endpoint can run which workflow, from each endpoint's /object_info."""
+    import asyncio
+
+    import httpx
+
+    from .workflow_tools import check_matrix, endpoint_node_classes
+
+    registry = collect_workflows(obj.pm, obj.settings)
+
+    async def probe():
+        async with httpx.AsyncClient(timeout=10, trust_env=False) as http:
+            return await endpoint_node_classes(obj.settings.comfyui_endpoints, http)
+
+    matrix = check_matrix(registry, asyncio.run(probe()))
+    if as_json:
+        click.echo(json.dumps(matrix, indent=2))
+        return
+    endpoints = list(next(iter(matrix.values()), {}))
+    rows = [("WORKFLOW", *endpoints)] + [
+        (name, *(row[e] for e in endpoints)) for name, row in matrix.items()
     ]
     click.echo(_table(rows))
 

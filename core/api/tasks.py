@@ -13,7 +13,7 @@ from ..records import TaskRecord, render_task
 from .schemas import SubmitRequest, TaskEventInfo
 
 
-async def _submit(data: SubmitRequest, state: State) -> Response[TaskRecord]:
+async def submit_task(data: SubmitRequest, state: State) -> Response[TaskRecord]:
     engine = state.engine
     task, created = await engine.submit(
         data.service_type,
@@ -35,7 +35,7 @@ class SeedSubmitController(Controller):
 
     @post("", operation_id="submitTaskSeed", status_code=200, summary="Submit a task")
     async def submit(self, data: JSONBody[SubmitRequest], state: State) -> Response[TaskRecord]:
-        return await _submit(data, state)
+        return await submit_task(data, state)
 
 
 class TaskController(Controller):
@@ -44,7 +44,7 @@ class TaskController(Controller):
 
     @post("", operation_id="submitTask", status_code=200, summary="Submit a task")
     async def submit(self, data: JSONBody[SubmitRequest], state: State) -> Response[TaskRecord]:
-        return await _submit(data, state)
+        return await submit_task(data, state)
 
     @get("/{task_id:int}", operation_id="getTask", summary="One task's record")
     async def get_task(self, task_id: FromPath[int], state: State) -> TaskRecord:
