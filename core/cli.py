@@ -207,8 +207,10 @@ def emulate(host: str, port: int, node_time: float, base_dir: str | None) -> Non
     server without a GPU."""
     from .testing.emulator import run_emulator
 
-    click.echo(f"ComfyUI emulator on http://{host}:{port}")
-    run_emulator(host=host, port=port, node_time=node_time, base_dir=base_dir)
+    run_emulator(
+        host=host, port=port, node_time=node_time, base_dir=base_dir,
+        on_started=lambda emulator: click.echo(f"ComfyUI emulator on {emulator.url}"),
+    )
 
 
 def _argv_option(argv: Sequence[str], name: str) -> list[str]:
