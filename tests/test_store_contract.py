@@ -152,7 +152,7 @@ async def test_two_store_instances_never_claim_the_same_task(
     )
     claimed = [task_id for ids in results for task_id in ids]
     assert sorted(claimed) == [t.id for t in tasks]
-    assert all(results), "every claimer should have won some tasks"
+    assert results[0] + results[2] and results[1] + results[3], "both replicas should win some"
 
 
 async def test_release_gives_tasks_back_in_id_order(store):

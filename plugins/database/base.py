@@ -8,7 +8,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol, get_args
 
 import msgspec
 from comfyui_server.core import DuplicateClientTaskId, StartupError, Task, TaskEvent
@@ -20,7 +20,7 @@ from .settings import DatabaseTarget
 
 log = logging.getLogger(__name__)
 
-UNFINISHED = tuple(s for s in TaskStatus.__args__ if s not in FINAL_STATUSES)
+UNFINISHED = tuple(s for s in get_args(TaskStatus) if s not in FINAL_STATUSES)
 
 
 class Connection(Protocol):

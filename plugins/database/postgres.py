@@ -20,6 +20,7 @@ from piccolo.engine.postgres import PostgresEngine
 
 from . import rows
 from .base import SqlTaskStore
+from .settings import DatabaseTarget
 
 _MIGRATION_LOCK = 0x636F6D6679  # pg_advisory_xact_lock key: "comfy" in ASCII
 
@@ -61,7 +62,7 @@ _RELEASE = (
 class PostgresTaskStore(SqlTaskStore):
     backend = "postgres"
 
-    def __init__(self, target) -> None:
+    def __init__(self, target: DatabaseTarget) -> None:
         super().__init__(target)
         self._engine: PostgresEngine | None = None
 

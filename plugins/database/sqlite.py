@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
-from comfyui_server.core import Task, TaskEvent
+from comfyui_server.core import StartupError, Task, TaskEvent
 
 from . import rows
 from .base import SqlTaskStore
+from .settings import DatabaseTarget
 
 
 @functools.lru_cache(maxsize=256)
@@ -58,7 +59,7 @@ class _Connection:
 class SQLiteTaskStore(SqlTaskStore):
     backend = "sqlite"
 
-    def __init__(self, target) -> None:
+    def __init__(self, target: DatabaseTarget) -> None:
         super().__init__(target)
         self._writer: _Connection | None = None
         self._reader: _Connection | None = None
@@ -81,12 +82,14 @@ class SQLiteTaskStore(SqlTaskStore):
 
     async def connect(self) -> None:
         folder = Path(self.target.location).parent
-        await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
         try:
+            await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
             self._writer = await self._open_connection()
             self._reader = await self._open_connection("PRAGMA query_only = ON")
-        except BaseException:
+        except BaseException as exc:
             await self.close()
+            if isinstance(exc, OSError | sqlite3.Error):
+                raise StartupError(f"database {self.target.display}: {exc}") from exc
             raise
 
     async def close(self) -> None:
