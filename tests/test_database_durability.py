@@ -80,5 +80,5 @@ async def test_an_unusable_sqlite_path_fails_start_up_naming_it(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     store = store_for(DatabaseTarget("sqlite", str(blocker / "db.sqlite3")))
-    with pytest.raises(StartupError, match="db.sqlite3"):
+    with pytest.raises(StartupError, match=r"db\.sqlite3"):
         await store.open()
