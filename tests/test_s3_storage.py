@@ -321,7 +321,7 @@ def test_outputs_go_to_the_fallback_folder_while_s3_is_down(
         (delivery,) = webhook_receiver.wait_for(1, timeout=30)
     record = delivery.json()
     assert record["id"] == task["id"]
-    assert record["error_code"] == 2
+    assert (record["status"], record["error_code"]) == ("failed", 2)
     assert "fallback" in record["error"] and "S3 upload of" in record["error"]
     assert len(record["outputs"]) == 3
     for output in record["outputs"]:
