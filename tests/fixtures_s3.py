@@ -10,6 +10,7 @@ import logging
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cached_property
 
 import boto3
 import pytest
@@ -65,7 +66,7 @@ class S3Server:
     def endpoint_url(self) -> str:
         return self._moto.endpoint_url
 
-    @property
+    @cached_property
     def client(self):
         """A boto3 client: checks what obstore wrote with an independent implementation."""
         return boto3.client(

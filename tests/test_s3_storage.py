@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from importlib.metadata import entry_points
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -49,7 +49,7 @@ def artifact(
 
 
 @pytest.fixture
-async def plugin() -> AsyncIterator[object]:
+def plugin() -> Iterator[object]:
     """The plugin's hooks called directly; its state is released afterwards."""
     yield s3_storage
     s3_storage.shutdown()
