@@ -21,6 +21,7 @@ from .api.catalog import EndpointController, WorkflowController, health, ready
 from .api.schemas import ErrorBody, ErrorDetail
 from .api.tasks import SeedSubmitController, TaskController
 from .api.workflow_routes import workflow_routes
+from .auth import Keyring, authenticate
 from .config import Settings, get_settings
 from .engine import Engine
 from .errors import RequestError
@@ -37,7 +38,12 @@ def _error_response(status: int, detail: str, extra: list[ErrorDetail]) -> Respo
 
 
 def _request_error(_: Request, exc: RequestError) -> Response:
-    return _error_response(exc.status_code, exc.message, [ErrorDetail(key=exc.field, message=exc.message)])
+    response = _error_response(
+        exc.status_code, exc.message, [ErrorDetail(key=exc.field, message=exc.message)]
+    )
+    if exc.retry_after is not None:
+        response.headers["retry-after"] = str(max(1, round(exc.retry_after)))
+    return response
 
 
 _NAMED_FIELD = re.compile(r"(?:missing required|unknown) field `([^`]+)`")
@@ -78,11 +84,17 @@ def create_app(
     pm = pm or create_plugin_manager(disabled=settings.disabled_plugins)
     workflows = collect_workflows(pm, settings)  # a bad or duplicate workflow fails here
     store = pm.hook.task_store(settings=settings) or MemoryTaskStore()
+    keyring = Keyring(settings)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         if not store.durable:
             log.warning("no durable task store is enabled: tasks are lost on restart")
+        if keyring.open:
+            log.warning(
+                "no API key is configured (API_KEYS, ADMIN_API_KEYS, API_KEYS_FILE): "
+                "anyone who can reach %s can submit and read every task", settings.base_url
+            )
         await store.open()
         http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0), trust_env=False)
         started = False
@@ -105,15 +117,19 @@ def create_app(
             await store.close()
 
     plugin_routes = [h for hs in pm.hook.register_routes(settings=settings) for h in hs or ()]
+    typed = workflow_routes(workflows, "")
     api = Router(
         path=settings.route_prefix,
-        route_handlers=[SeedSubmitController, TaskController, WorkflowController, EndpointController],
+        route_handlers=[
+            SeedSubmitController, TaskController, WorkflowController, EndpointController, *typed,
+        ],
+        guards=[authenticate],
     )
-    typed = workflow_routes(workflows, settings.route_prefix)
     return Litestar(
-        route_handlers=[api, health, ready, *typed, *plugin_routes],
+        route_handlers=[api, health, ready, *plugin_routes],
         lifespan=[lifespan],
-        state=State({"pm": pm, "settings": settings}),
+        state=State({"pm": pm, "settings": settings, "keyring": keyring}),
+        request_max_body_size=settings.max_body_bytes,
         exception_handlers={RequestError: _request_error, HTTPException: _http_error},
         openapi_config=OpenAPIConfig(title="comfyui-server", version=__version__),
         logging_config=LoggingConfig(configure_root_logger=False, log_exceptions="debug"),

@@ -55,7 +55,22 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     """Largest accepted image parameter, decoded."""
     image_fetch_timeout: float = 15.0
     """Seconds to download an image parameter given as a URL."""
+    api_keys: tuple[str, ...] = ()
+    """Client keys, comma-separated `name:secret` (secret of 16+ characters). None set and no
+    API_KEYS_FILE: the API is open to anyone who can reach it."""
+    admin_api_keys: tuple[str, ...] = ()
+    """Admin keys (`name:secret`): may also manage endpoints and see every task."""
+    api_keys_file: str | None = None
+    """A file of keys, one `name sha256-of-secret [admin]` per line."""
+    rate_limit_per_minute: typing.Annotated[int, msgspec.Meta(ge=0)] = 0
+    """Requests per minute per key (0: no limit); over it, 429 with Retry-After."""
+    max_queue_depth: typing.Annotated[int, msgspec.Meta(ge=0)] = 0
+    """Queued tasks beyond which submissions get 503 with Retry-After (0: no cap)."""
+    max_body_bytes: typing.Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024 * 1024
+    """Largest request body; larger ones get 413."""
     log_level: str = "INFO"
+    log_format: typing.Literal["text", "json"] = "text"
+    """`json` writes one JSON object per log line, with the task id when there is one."""
 
     env: dict[str, str] = msgspec.field(default_factory=dict, name="__env__")
     """Every variable seen, for plugins that read their own settings."""

@@ -57,11 +57,20 @@ class StartupError(ComfyServerError):
 class RequestError(ComfyServerError):
     """A client's request is wrong. `field` names the offending field."""
 
-    def __init__(self, message: str, *, field: str | None = None, status_code: int = 400) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        status_code: int = 400,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.field = field
         self.status_code = status_code
+        self.retry_after = retry_after
+        """Seconds, sent as a Retry-After header (429, 503)."""
 
 
 class TaskFailure(ComfyServerError):

@@ -29,7 +29,16 @@ if TYPE_CHECKING:
     from litestar.types import ControllerRouterHandler
 
     from .config import Settings
-    from .models import Artifact, EndpointState, OutputRef, StoredOutput, Task, TaskEvent, TaskResult
+    from .models import (
+        Artifact,
+        EndpointState,
+        OutputRef,
+        StoredOutput,
+        Task,
+        TaskEvent,
+        TaskProgress,
+        TaskResult,
+    )
     from .store import TaskStore
     from .workflows import Workflow
 
@@ -145,6 +154,13 @@ def on_task_event(task: Task, event: TaskEvent) -> None:
     """The task moved one step along accepted -> queued -> dispatched -> running -> final.
     All implementations; errors are logged and never stop the task. Metrics and streams
     listen here (the task store has already persisted the step)."""
+
+
+@hookspec
+def on_progress(task: Task, progress: TaskProgress) -> None:
+    """ComfyUI reported progress on the running ``task`` (a node started, or a counting node
+    advanced). All implementations, isolated; may be called many times a second, so keep it
+    cheap and throttle anything that leaves the process. Only called when implemented."""
 
 
 @hookspec

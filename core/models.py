@@ -44,6 +44,8 @@ class Task(msgspec.Struct, frozen=True, kw_only=True):
     params: dict[str, Any] = msgspec.field(default_factory=dict)
     client_task_id: str | None = None
     client_callback_url: str | None = None
+    client: str | None = None
+    """Name of the API key that created the task (None when the API is open)."""
     request_hash: str = ""
     status: TaskStatus = "accepted"
     comfyui_task_id: str | None = None
@@ -75,6 +77,17 @@ class TaskEvent(msgspec.Struct, frozen=True, kw_only=True):
     at: dt.datetime = msgspec.field(default_factory=utcnow)
     endpoint: str | None = None
     detail: str | None = None
+
+
+class TaskProgress(msgspec.Struct, frozen=True, kw_only=True):
+    """ComfyUI reported progress on a running task: a node started (`value` None) or a node
+    that counts (a sampler's steps, a batch being saved) moved to `value` of `max`."""
+
+    task_id: int
+    node: str | None
+    value: int | None = None
+    max: int | None = None
+    at: dt.datetime = msgspec.field(default_factory=utcnow)
 
 
 class TaskResult(msgspec.Struct, frozen=True, kw_only=True):

@@ -59,6 +59,10 @@ class TaskStore(Protocol):
         """Every task not in a final state, for recovery at start."""
         ...
 
+    async def count_queued(self) -> int:
+        """How many tasks wait in the queue (claimed or not), for backpressure."""
+        ...
+
 
 class MemoryTaskStore:
     """Keeps tasks in this process only. Fast, and lost on restart."""
@@ -126,3 +130,6 @@ class MemoryTaskStore:
 
     async def unfinished(self) -> list[Task]:
         return [t for t in self._tasks.values() if t.status not in FINAL_STATUSES]
+
+    async def count_queued(self) -> int:
+        return sum(1 for t in self._tasks.values() if t.status == "queued")

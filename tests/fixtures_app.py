@@ -13,6 +13,9 @@ import pytest
 from comfyui_server.core.testing.receiver import WebhookReceiver
 from comfyui_server.core.testing.server import ServerThread
 
+TEST_ENV: dict[str, str] = {}
+"""Extra settings for every server a test starts (a development aid)."""
+
 FAST_MONITOR = {"reconcile_interval": 0.5, "grace_period": 2.0, "reconnect_max_delay": 0.5}
 
 
@@ -53,6 +56,7 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerThread]]:
             # tests compare stored outputs with the emulator's files; the cleanup tests
             # switch it back on
             "COMFYUI_CLEANUP": "off",
+            **TEST_ENV,
         }
         kwargs.setdefault("monitor_options", FAST_MONITOR)
         server = ServerThread({**base, **(env or {})}, **kwargs).start()

@@ -13,15 +13,14 @@ import re
 from typing import Annotated, Any, Literal
 
 import msgspec
-from litestar import Response, post
-from litestar.datastructures import State
+from litestar import Request, Response, post
 from litestar.params import Body
 from litestar.types import ControllerRouterHandler
 
 from ..records import TaskRecord
 from ..workflows import ParamSpec, Workflow, WorkflowRegistry
 from .schemas import SubmitRequest
-from .tasks import submit_task
+from .tasks import WaitParam, submit_task
 
 _PYTHON_TYPES = {"string": str, "image": str, "integer": int, "number": float, "boolean": bool}
 
@@ -80,20 +79,21 @@ def _route(workflow: Workflow, prefix: str) -> ControllerRouterHandler:
     body_type = request_struct(workflow)
     name = workflow.name
 
-    async def handler(data: Any, state: State) -> Response[TaskRecord]:
+    async def handler(data: Any, request: Request, wait: float = 0.0) -> Response[TaskRecord]:
         params = msgspec.to_builtins(data.params)
-        request = SubmitRequest(
+        submission = SubmitRequest(
             service_type=name,
             params=params,
             client_task_id=data.client_task_id,
             client_callback_url=data.client_callback_url,
             timeout=data.timeout,
         )
-        return await submit_task(request, state)
+        return await submit_task(submission, request, wait)
 
     handler.__annotations__ = {
         "data": Annotated[body_type, Body(description=workflow.description or name)],
-        "state": State,
+        "request": Request,
+        "wait": WaitParam,
         "return": Response[TaskRecord],
     }
     return post(

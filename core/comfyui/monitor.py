@@ -54,6 +54,7 @@ class EndpointMonitor:
         capacity: int,
         on_change: Callable[[], None],
         on_started: Callable[[str], None],
+        on_progress: Callable[[str, str | None, int | None, int | None], None] | None = None,
         grace_period: float = 30.0,
         reconcile_interval: float = 5.0,
         reconnect_max_delay: float = 5.0,
@@ -63,6 +64,7 @@ class EndpointMonitor:
         self.capacity = capacity
         self.on_change = on_change
         self.on_started = on_started
+        self.on_progress = on_progress
         self.grace_period = grace_period
         self.reconcile_interval = reconcile_interval
         self.reconnect_max_delay = reconnect_max_delay
@@ -179,8 +181,14 @@ class EndpointMonitor:
         watch = self.watches.get(data.get("prompt_id")) if isinstance(data, dict) else None
         if watch is None:
             return
-        if kind == "executing" and data.get("node") is None:
-            watch.resolve("ended")
+        if kind == "executing":
+            node = data.get("node")
+            if node is None:
+                watch.resolve("ended")
+            elif self.on_progress is not None:
+                self.on_progress(watch.prompt_id, str(node), None, None)
+        elif kind == "progress" and self.on_progress is not None:
+            self.on_progress(watch.prompt_id, data.get("node"), data.get("value"), data.get("max"))
         elif kind == "execution_start":
             self.on_started(watch.prompt_id)
         elif kind in ("execution_error", "execution_interrupted"):

@@ -24,10 +24,11 @@ from ..config import Settings
 from ..errors import EndpointUnavailable, ErrorCode, RequestError, TaskFailure
 from ..hookcall import call_all, call_first
 from ..inputs import decode_image, fetch_image, is_url
-from ..models import Task, TaskEvent, TaskResult, TaskStatus, utcnow
+from ..models import Task, TaskEvent, TaskProgress, TaskResult, TaskStatus, utcnow
 from ..store import DuplicateClientTaskId, TaskStore
 from ..urls import UrlPolicy
 from ..workflows import Workflow, WorkflowRegistry, tag_output_prefixes
+from .feed import TaskFeed
 from .fleet import Fleet
 from .outputs import OutputCollector
 
@@ -97,9 +98,11 @@ class Engine:
             capacity=settings.max_in_flight_per_endpoint,
             on_change=self.wake,
             on_started=self._on_started,
+            on_progress=self._on_progress,
             **(monitor_options or {}),
         )
         self.collector = OutputCollector(pm, settings.failed_path)
+        self.feed = TaskFeed()
         self._wakeup = asyncio.Event()
         self._attempts: dict[int, Attempt] = {}
         """In-flight attempts by task id."""
@@ -156,6 +159,7 @@ class Engine:
         client_task_id: str | None = None,
         client_callback_url: str | None = None,
         timeout: float | None = None,
+        client: str | None = None,
     ) -> tuple[Task, bool]:
         """Validate, record and queue a task. Returns (task, created): a repeated
         `client_task_id` with the same request returns the existing task."""
@@ -181,6 +185,7 @@ class Engine:
             params=clean,
             client_task_id=client_task_id,
             client_callback_url=client_callback_url,
+            client=client,
             request_hash=digest,
             status="queued",
             created_at=now,
@@ -193,7 +198,7 @@ class Engine:
                  TaskEvent(task_id=0, status="queued", at=now)],
             )
         except DuplicateClientTaskId as dup:
-            if dup.existing.request_hash != digest:
+            if dup.existing.request_hash != digest or dup.existing.client != client:
                 raise RequestError(
                     f"client_task_id {client_task_id!r} was already used for a different request",
                     field="client_task_id",
@@ -207,6 +212,15 @@ class Engine:
         )
         self.wake()
         return task, True
+
+    async def check_capacity(self) -> None:
+        """Backpressure: refuse new work while MAX_QUEUE_DEPTH tasks already wait."""
+        cap = self.settings.max_queue_depth
+        if cap and await self.store.count_queued() >= cap:
+            raise RequestError(
+                f"the queue is full ({cap} tasks waiting, MAX_QUEUE_DEPTH); retry later",
+                field="queue", status_code=503, retry_after=5,
+            )
 
     async def _load_images(self, workflow: Workflow, params: dict[str, Any]) -> None:
         """Check every image param now; URLs are fetched and kept as data URLs."""
@@ -354,6 +368,19 @@ class Engine:
         if attempt is not None:
             attempt.started.set()
 
+    def _on_progress(
+        self, prompt_id: str, node: str | None, value: int | None, maximum: int | None
+    ) -> None:
+        attempt = self._by_prompt.get(prompt_id)
+        if attempt is None:
+            return
+        progress = TaskProgress(task_id=attempt.task.id, node=node, value=value, max=maximum)
+        self.feed.publish(attempt.task.id, progress)
+        if self.pm.hook.on_progress.get_hookimpls():
+            self._spawn(
+                call_all(self.pm.hook.on_progress, isolate=True, task=attempt.task, progress=progress)
+            )
+
     # ---- one attempt ----------------------------------------------------------------------
 
     async def _run(self, attempt: Attempt, *, fresh: bool) -> None:
@@ -486,6 +513,7 @@ class Engine:
     async def _record(self, task: Task, status: TaskStatus, detail: str | None = None) -> None:
         event = TaskEvent(task_id=task.id, status=status, endpoint=task.endpoint, detail=detail)
         await self.store.save(task, event)
+        self.feed.publish(task.id, task)
         await call_all(self.pm.hook.on_task_event, isolate=True, task=task, event=event)
 
     async def _retry_or_fail(self, task: Task, reason: str) -> None:

@@ -21,6 +21,7 @@ class Fleet:
         capacity: int,
         on_change: Callable[[], None],
         on_started: Callable[[str], None],
+        on_progress: Callable[[str, str | None, int | None, int | None], None] | None = None,
         **monitor_options: float,
     ) -> None:
         self.monitors: dict[str, EndpointMonitor] = {}
@@ -37,6 +38,7 @@ class Fleet:
                 capacity=capacity,
                 on_change=on_change,
                 on_started=on_started,
+                on_progress=on_progress,
                 **monitor_options,
             )
 

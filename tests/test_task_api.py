@@ -1,0 +1,74 @@
+"""Waiting for a task, and following it as Server-Sent Events."""
+
+import json
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+
+PROTOCOL = Path(__file__).parent / "data" / "comfyui-protocol" / "workflows"
+BLANK = {"service_type": "blank", "params": {"width": 8, "height": 8}}
+
+
+def test_wait_returns_the_final_record(comfyui_emulator, server_factory):
+    server = server_factory([comfyui_emulator])
+    response = httpx.post(server.api, params={"wait": 10}, json=BLANK, timeout=15)
+    assert response.status_code == 200
+    assert response.json()["status"] == "completed"
+    task_id = response.json()["id"]
+    again = httpx.get(f"{server.api}/tasks/{task_id}", params={"wait": 5})
+    assert again.status_code == 200 and again.json()["status"] == "completed"
+
+
+def test_wait_that_runs_out_answers_202_with_the_current_record(comfyui_emulator, server_factory):
+    comfyui_emulator.hang()
+    server = server_factory([comfyui_emulator])
+    response = httpx.post(server.api, params={"wait": 0.5}, json=BLANK, timeout=15)
+    assert response.status_code == 202
+    assert response.json()["status"] in ("queued", "dispatched", "running")
+
+
+def test_wait_beyond_the_cap_is_a_400_naming_it(comfyui_emulator, server_factory):
+    server = server_factory([comfyui_emulator], wait_up=False)
+    response = httpx.get(f"{server.api}/tasks/1", params={"wait": 3600})
+    assert response.status_code == 400
+    assert response.json()["extra"][0]["key"] == "wait"
+
+
+@pytest.fixture
+def progress_workflow(tmp_path):
+    """EmptyImage(batch 3) -> SaveImageWebsocket (reports progress per image) + SaveImage."""
+    folder = tmp_path / "workflows"
+    folder.mkdir()
+    graph = json.loads((PROTOCOL / "websocket_image_batch3.json").read_text())
+    graph["3"] = {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "p"}}
+    (folder / "progress.json").write_text(json.dumps(graph))
+    (folder / "progress.toml").write_text('[params.color]\ntype = "integer"\ntarget = "1.color"\n')
+    yield folder
+    shutil.rmtree(folder)
+
+
+def test_event_stream_sends_progress_in_order_then_the_final_record(
+    comfyui_emulator_factory, server_factory, progress_workflow
+):
+    emulator = comfyui_emulator_factory(node_time=0.2)
+    server = server_factory([emulator], env={"WORKFLOWS_DIR": str(progress_workflow)})
+    task = httpx.post(server.api, json={"service_type": "progress", "params": {"color": 7}}).json()
+    events = []
+    with httpx.stream("GET", f"{server.api}/tasks/{task['id']}/events", timeout=30) as stream:
+        name = None
+        for line in stream.iter_lines():
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                events.append((name, json.loads(line[6:])))
+    kinds = [name for name, _ in events]
+    assert kinds[0] == "status" and kinds[-1] == "final"
+    assert events[-1][1]["status"] == "completed"
+    counted = [(d["node"], d["value"], d["max"]) for n, d in events if n == "progress" and d["value"] is not None]
+    assert counted == [("2", 0, 3), ("2", 1, 3), ("2", 2, 3)]
+    statuses = [d["status"] for n, d in events if n in ("status", "final")]
+    assert statuses.index("running") < len(statuses) - 1
+    first_progress = kinds.index("progress")
+    assert kinds.index("final") > first_progress
