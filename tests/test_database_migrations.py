@@ -4,12 +4,13 @@ several replicas at once, and through `comfyui-server db upgrade`."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import subprocess
 import sys
 
 import pytest
-from comfyui_server.core import StartupError, Task, TaskEvent
+from comfyui_server.core import OutputRef, StartupError, Task
 from comfyui_server.plugins.database import store_for
 from comfyui_server.plugins.database.migrate import (
     Migration,
@@ -56,22 +57,47 @@ async def test_upgrade_from_empty_applies_everything_once(db_url):
 
 
 async def test_rows_survive_upgrades_from_version_one(db_url):
+    """Rows written by the first schema (in its own SQL, as an old release wrote them) are
+    read back intact through every later migration, including one added here."""
     store = unopened(db_url)
     await store.connect()
+    created_at = dt.datetime(2024, 1, 2, 3, 4, 5, 600000, tzinfo=dt.UTC)
     try:
         assert [m.version for m in await upgrade(store, to=1)] == [1]
-        task = await store.create(
-            Task(workflow="w", params={"p": 1}, client_task_id="kept", status="queued"),
-            [TaskEvent(task_id=0, status="queued")],
-        )
+        async with store.migrating() as conn:
+            await conn.execute(
+                "INSERT INTO comfyui_task (client_task_id, workflow, params, status, "
+                "outputs, inputs, s3_key, created_at) "
+                "VALUES ('kept', 'text2img', $1, 'completed', $2, '[]', 'k', $3)",
+                '{"prompt": "a cat"}',
+                '[{"key": "k", "filename": "a.png", "node_id": "9", '
+                '"content_type": "image/png", "size": 3}]',
+                created_at,
+            )
+            await conn.execute(
+                "INSERT INTO comfyui_task_event (task_id, status, at) VALUES (1, 'queued', $1)",
+                created_at,
+            )
         applied = await upgrade(store, [*discover(), ADD_PRIORITY])
         assert [m.version for m in applied] == list(range(2, ADD_PRIORITY.version + 1))
-        assert await store.get(task.id) == task
-        assert await store.find("kept") == task
-        assert [e.status for e in await store.events(task.id)] == ["queued"]
+        task = await store.find("kept")
+        assert task == await store.get(1)
+        assert (task.id, task.workflow, task.params, task.status) == (
+            1,
+            "text2img",
+            {"prompt": "a cat"},
+            "completed",
+        )
+        assert task.outputs == (
+            OutputRef(key="k", filename="a.png", node_id="9", content_type="image/png", size=3),
+        )
+        assert task.created_at == created_at and task.client is None
+        assert [(e.status, e.at) for e in await store.events(1)] == [("queued", created_at)]
         async with store.reading() as conn:
             assert (await conn.fetch("SELECT priority FROM comfyui_task"))[0][0] == 5
         assert await schema_version(store) == ADD_PRIORITY.version
+        newer = await store.create(Task(workflow="w", status="queued", client="key-a"), [])
+        assert newer.id == 2 and (await store.get(newer.id)).client == "key-a"
     finally:
         await store.close()
 

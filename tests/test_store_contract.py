@@ -55,6 +55,7 @@ async def test_create_get_find(store):
         params={"prompt": "a cat", "steps": 20, "nested": {"x": [1, 2.5, None]}},
         client_task_id="client-1",
         client_callback_url="http://127.0.0.1:9/hook",
+        client="key-a",
         request_hash="abc",
     )
     created = await store.create(task, first_events())
@@ -153,6 +154,16 @@ async def test_two_store_instances_never_claim_the_same_task(
     claimed = [task_id for ids in results for task_id in ids]
     assert sorted(claimed) == [t.id for t in tasks]
     assert results[0] + results[2] and results[1] + results[3], "both replicas should win some"
+
+
+async def test_count_queued_counts_claimed_and_unclaimed_queued_tasks(store):
+    assert await store.count_queued() == 0
+    await add(store, 3)
+    await store.create(new_task(status="accepted"), [])
+    (claimed,) = await store.claim("a", 1)
+    assert await store.count_queued() == 3
+    await store.save(replace(claimed, status="dispatched"))
+    assert await store.count_queued() == 2
 
 
 async def test_release_gives_tasks_back_in_id_order(store):

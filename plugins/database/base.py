@@ -124,6 +124,10 @@ class SqlTaskStore(ABC):
     async def events(self, task_id: int) -> list[TaskEvent]:
         return [rows.decode_event(r) for r in await self._fetch(rows.SELECT_EVENTS, task_id)]
 
+    async def count_queued(self) -> int:
+        found = await self._fetch(f"SELECT count(*) FROM {rows.TASK_TABLE} WHERE status = 'queued'")
+        return found[0][0]
+
     async def unfinished(self) -> list[Task]:
         statuses = ", ".join(f"'{s}'" for s in UNFINISHED)
         found = await self._fetch(f"{rows.SELECT_TASK} WHERE status IN ({statuses}) ORDER BY id")

@@ -25,6 +25,7 @@ TASK_COLUMNS = (
     "params",
     "client_task_id",
     "client_callback_url",
+    "client",
     "request_hash",
     "status",
     "comfyui_task_id",
@@ -91,6 +92,7 @@ def insert_values(task: Task) -> tuple[Any, ...]:
         _json(task.params),
         task.client_task_id,
         task.client_callback_url,
+        task.client,
         task.request_hash,
         task.status,
         task.comfyui_task_id,
@@ -108,7 +110,7 @@ def insert_values(task: Task) -> tuple[Any, ...]:
     )
 
 
-# The request (workflow, params, client ids, hash, created_at) is fixed at create: save writes
+# The request (workflow, params, client ids, key, hash, created_at) is fixed at create: save writes
 # only the state, so a large params blob (base64 images) is written once, not at every step.
 # A task that stays queued keeps its claim; one that leaves the queue or re-enters it loses it.
 UPDATE_STATE = f"""
@@ -151,19 +153,20 @@ def decode_task(row: Sequence[Any]) -> Task:
         params=_params.decode(row[2]),
         client_task_id=row[3],
         client_callback_url=row[4],
-        request_hash=row[5],
-        status=row[6],
-        comfyui_task_id=row[7],
-        endpoint=row[8],
-        attempts=row[9],
-        outputs=_outputs.decode(row[10]),
-        inputs=_inputs.decode(row[11]),
-        error_code=row[12],
-        error=row[13],
-        created_at=_time(row[14]),
-        dispatched_at=_time(row[15]),
-        started_at=_time(row[16]),
-        finished_at=_time(row[17]),
+        client=row[5],
+        request_hash=row[6],
+        status=row[7],
+        comfyui_task_id=row[8],
+        endpoint=row[9],
+        attempts=row[10],
+        outputs=_outputs.decode(row[11]),
+        inputs=_inputs.decode(row[12]),
+        error_code=row[13],
+        error=row[14],
+        created_at=_time(row[15]),
+        dispatched_at=_time(row[16]),
+        started_at=_time(row[17]),
+        finished_at=_time(row[18]),
     )
 
 
