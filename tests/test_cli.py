@@ -43,7 +43,7 @@ def test_disabled_plugins_variable_works_like_the_option(tmp_path):
 def test_plugins_table_and_hook_filter():
     out = run("plugins", "--hook", "store").stdout.splitlines()
     assert out[0].split()[:3] == ["NAME", "DISTRIBUTION", "VERSION"]
-    assert [line.split()[0] for line in out[1:]] == ["local_storage"]
+    assert [line.split()[0] for line in out[1:]] == ["local_storage", "s3_storage"]
 
 
 def test_workflows_lists_builtins_and_the_pip_installed_one():

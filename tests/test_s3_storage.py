@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from importlib.metadata import entry_points
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -16,12 +15,6 @@ from comfyui_server.plugins import s3_storage
 from fixtures_app import wait_final, wait_until
 
 BATCH = {"batch_size": 3, "width": 8, "height": 8}
-
-
-def plugins() -> list[tuple[str, object]]:
-    """Register the plugin by hand until its entry point is installed."""
-    names = {ep.name for ep in entry_points(group="comfyui_server")}
-    return [] if "s3_storage" in names else [("s3_storage", s3_storage)]
 
 
 def artifact(
@@ -172,7 +165,7 @@ async def test_half_a_key_pair_stops_start_up(plugin, given, missing):
 def test_the_server_does_not_start_with_half_a_key_pair(server_factory, comfyui_emulator, capfd):
     env = {"S3_BUCKET": "b", "AWS_ACCESS_KEY_ID": "x"}
     with pytest.raises(RuntimeError, match="did not start"):
-        server_factory([comfyui_emulator], env, wait_up=False, extra_plugins=plugins())
+        server_factory([comfyui_emulator], env, wait_up=False)
     assert "AWS_SECRET_ACCESS_KEY is not set" in capfd.readouterr().err
 
 
@@ -271,7 +264,7 @@ def test_a_batch_lands_in_the_bucket_and_is_served_by_presigned_urls(
     comfyui_emulator, server_factory, s3_server
 ):
     env = s3_server.env(S3_KEY_PREFIX="renders/", S3_PRESIGN_TTL="600")
-    server = server_factory([comfyui_emulator], env, extra_plugins=plugins())
+    server = server_factory([comfyui_emulator], env)
     record = wait_final(server.api, submit(server)["id"])
     assert record["status"] == "completed", record
     assert record["error_code"] == 0
@@ -294,7 +287,7 @@ def test_a_batch_lands_in_the_bucket_and_is_served_by_presigned_urls(
 
 
 def test_every_read_signs_the_url_afresh(comfyui_emulator, server_factory, s3_server):
-    server = server_factory([comfyui_emulator], s3_server.env(), extra_plugins=plugins())
+    server = server_factory([comfyui_emulator], s3_server.env())
     task_id = wait_final(server.api, submit(server, params={"width": 8, "height": 8})["id"])["id"]
     first = httpx.get(f"{server.api}/tasks/{task_id}").json()["outputs"][0]["url"]
     date, expires = signed_at(first)
@@ -315,7 +308,7 @@ def test_outputs_go_to_the_fallback_folder_while_s3_is_down(
 ):
     failed = tmp_path / "failed"
     env = s3_server.env(DEFAULT_FAILED_IMAGE_PATH=str(failed))
-    server = server_factory([comfyui_emulator], env, extra_plugins=plugins())
+    server = server_factory([comfyui_emulator], env)
     with s3_server.down():
         task = submit(server, client_callback_url=webhook_receiver.url)
         (delivery,) = webhook_receiver.wait_for(1, timeout=30)
