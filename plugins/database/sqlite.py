@@ -64,7 +64,7 @@ class SQLiteTaskStore(SqlTaskStore):
         self._writer: _Connection | None = None
         self._reader: _Connection | None = None
         self._raw: list[aiosqlite.Connection] = []
-        self._lock = asyncio.Lock()
+        self._lock: asyncio.Lock | None = None
 
     async def _open_connection(self, *pragmas: str) -> _Connection:
         conn = await aiosqlite.connect(
@@ -82,6 +82,7 @@ class SQLiteTaskStore(SqlTaskStore):
 
     async def connect(self) -> None:
         folder = Path(self.target.location).parent
+        self._lock = asyncio.Lock()  # made here, on the loop that will use it
         try:
             await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
             self._writer = await self._open_connection()
@@ -108,7 +109,7 @@ class SQLiteTaskStore(SqlTaskStore):
         """BEGIN IMMEDIATE takes the file's write lock up front, so a transaction never
         fails half-way for lack of it. aiosqlite runs statements in order on one thread,
         so even a cancelled caller's ROLLBACK lands before the next BEGIN."""
-        assert self._writer is not None, "store is not open"
+        assert self._writer is not None and self._lock is not None, "store is not open"
         conn = self._writer
         async with self._lock:
             try:
@@ -125,7 +126,7 @@ class SQLiteTaskStore(SqlTaskStore):
 
     async def _write(self, sql: str, *args: Any) -> Sequence[Sequence[Any]]:
         """One statement, atomic by itself: no BEGIN/COMMIT round trips."""
-        assert self._writer is not None, "store is not open"
+        assert self._writer is not None and self._lock is not None, "store is not open"
         async with self._lock:
             return await self._writer.fetch(sql, *args)
 
