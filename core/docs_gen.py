@@ -504,19 +504,37 @@ def render_hooks(docs_dir: Path) -> str:
     return "".join(parts)
 
 
-# Types hooks receive or return, documented from their source. Order: as a reader meets them.
-HOOK_TYPES: tuple[type, ...] = (
-    models.Task,
-    models.TaskEvent,
-    models.TaskResult,
-    models.OutputRef,
-    models.EndpointState,
-    models.Artifact,
-    models.StoredOutput,
-    workflows.Workflow,
-    workflows.ParamSpec,
-    workflows.Target,
-)
+# Types hooks receive or return, documented from their source: every Struct of core.models
+# (in source order), then the workflow types.
+EXTRA_HOOK_TYPES: tuple[type, ...] = (workflows.Workflow, workflows.ParamSpec, workflows.Target)
+
+
+def hook_types() -> list[type]:
+    tree = ast.parse(inspect.getsource(models))
+    structs = [
+        getattr(models, node.name)
+        for node in tree.body
+        if isinstance(node, ast.ClassDef)
+        and isinstance(getattr(models, node.name, None), type)
+        and issubclass(getattr(models, node.name), msgspec.Struct)
+    ]
+    return [*structs, *EXTRA_HOOK_TYPES]
+
+
+def type_aliases() -> list[tuple[str, str]]:
+    """Module-level `Name = Literal[...]` aliases of core.models, as written."""
+    tree = ast.parse(inspect.getsource(models))
+    out = []
+    for node in tree.body:
+        if (
+            isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name)
+            and isinstance(node.value, ast.Subscript)
+            and ast.unparse(node.value.value) == "Literal"
+        ):
+            out.append((node.targets[0].id, ast.unparse(node.value)))
+    return out
 
 
 def _members(cls: type) -> list[tuple[str, str, str]]:
@@ -578,7 +596,12 @@ def render_types() -> str:
         "What hooks receive and return. Structs are frozen: make a changed copy with "
         "`msgspec.structs.replace(value, field=...)`.\n",
     ]
-    parts.extend(render_type(cls) for cls in HOOK_TYPES)
+    aliases = type_aliases()
+    if aliases:
+        parts.append("\n")
+        for name, value in aliases:
+            parts.append(f"- `{name} = {value}`\n")
+    parts.extend(render_type(cls) for cls in hook_types())
     parts.append("\n### TaskStore\n\n")
     parts.append(rst_to_md(inspect.cleandoc(store.__doc__ or "")) + "\n\n")
     parts.append("`from comfyui_server.core import TaskStore` (a `typing.Protocol`)\n\n")

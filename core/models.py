@@ -63,6 +63,9 @@ class Task(msgspec.Struct, frozen=True, kw_only=True):
     dispatched_at: dt.datetime | None = None
     started_at: dt.datetime | None = None
     finished_at: dt.datetime | None = None
+    timings: dict[str, float] = msgspec.field(default_factory=dict)
+    """Seconds spent per stage of the last attempt: queued, upload, comfyui_queue,
+    execution, storage."""
 
     @property
     def is_final(self) -> bool:

@@ -44,6 +44,8 @@ class TaskRecord(msgspec.Struct, kw_only=True):
     dispatched_at: dt.datetime | None
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
+    timings: dict[str, float]
+    """Seconds per stage: queued, upload, comfyui_queue, execution, storage."""
     event: str | None = msgspec.field(default=None)
     """In webhook bodies: `task.completed`, `task.failed`, `task.cancelled`."""
 
@@ -86,5 +88,6 @@ async def render_task(task: Task, pm: Any, *, event: str | None = None) -> TaskR
         dispatched_at=task.dispatched_at,
         started_at=task.started_at,
         finished_at=task.finished_at,
+        timings=task.timings,
         event=event,
     )

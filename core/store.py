@@ -7,12 +7,35 @@ store itself: `claim` hands each queued task to exactly one owner.
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 from typing import Protocol, runtime_checkable
 
 import msgspec
 
 from .models import FINAL_STATUSES, Task, TaskEvent
+
+
+class TaskQuery(msgspec.Struct, frozen=True, kw_only=True):
+    status: str | None = None
+    workflow: str | None = None
+    client: str | None = None
+    """Only tasks of this API key."""
+    since: dt.datetime | None = None
+    """Only tasks created at or after this time."""
+    before_id: int | None = None
+    error_code: int | None = None
+    limit: int = 50
+
+    def matches(self, task: Task) -> bool:
+        return (
+            (self.status is None or task.status == self.status)
+            and (self.workflow is None or task.workflow == self.workflow)
+            and (self.client is None or task.client == self.client)
+            and (self.since is None or task.created_at >= self.since)
+            and (self.before_id is None or task.id < self.before_id)
+            and (self.error_code is None or task.error_code == self.error_code)
+        )
 
 
 class DuplicateClientTaskId(Exception):
@@ -61,6 +84,11 @@ class TaskStore(Protocol):
 
     async def count_queued(self) -> int:
         """How many tasks wait in the queue (claimed or not), for backpressure."""
+        ...
+
+    async def list_tasks(self, query: TaskQuery) -> list[Task]:
+        """Tasks matching `query`, newest first, at most `query.limit`; `before_id` is the
+        cursor of the next page (the last id of the previous one)."""
         ...
 
 
@@ -133,3 +161,13 @@ class MemoryTaskStore:
 
     async def count_queued(self) -> int:
         return sum(1 for t in self._tasks.values() if t.status == "queued")
+
+    async def list_tasks(self, query: TaskQuery) -> list[Task]:
+        found = []
+        for task_id in sorted(self._tasks, reverse=True):
+            task = self._tasks[task_id]
+            if query.matches(task):
+                found.append(task)
+                if len(found) >= query.limit:
+                    break
+        return found

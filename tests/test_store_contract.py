@@ -241,3 +241,45 @@ async def test_datetimes_come_back_timezone_aware(store):
         assert value.tzinfo is not None
         assert value == expected
     assert got.dispatched_at is None
+
+
+async def test_list_tasks_filters_newest_first_with_a_cursor(store):
+    from comfyui_server.core.store import TaskQuery
+
+    base = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+    made = []
+    for i in range(7):
+        task = await store.create(
+            new_task(
+                workflow="a" if i % 2 else "b",
+                client="k1" if i < 4 else "k2",
+                created_at=base + dt.timedelta(minutes=i),
+            ),
+            first_events(),
+        )
+        made.append(task)
+    await store.save(replace(made[1], status="completed", error_code=0))
+    await store.save(replace(made[3], status="failed", error_code=2))
+
+    everything = await store.list_tasks(TaskQuery(limit=100))
+    assert [t.id for t in everything] == [t.id for t in reversed(made)]
+    page1 = await store.list_tasks(TaskQuery(limit=3))
+    page2 = await store.list_tasks(TaskQuery(limit=3, before_id=page1[-1].id))
+    assert [t.id for t in page1 + page2] == [t.id for t in reversed(made)][:6]
+    assert {t.id for t in await store.list_tasks(TaskQuery(workflow="a"))} == {
+        made[1].id, made[3].id, made[5].id}
+    assert [t.id for t in await store.list_tasks(TaskQuery(status="completed"))] == [made[1].id]
+    assert [t.id for t in await store.list_tasks(TaskQuery(error_code=2))] == [made[3].id]
+    assert {t.id for t in await store.list_tasks(TaskQuery(client="k2"))} == {
+        t.id for t in made[4:]}
+    since = await store.list_tasks(TaskQuery(since=base + dt.timedelta(minutes=5)))
+    assert [t.id for t in since] == [made[6].id, made[5].id]
+
+
+async def test_deadline_and_timings_round_trip(store):
+    deadline = dt.datetime(2030, 1, 1, 0, 10, tzinfo=dt.UTC)
+    task = await store.create(new_task(deadline=deadline), first_events())
+    await store.save(replace(task, status="completed", timings={"queued": 0.5, "execution": 1.25}))
+    got = await store.get(task.id)
+    assert got.deadline == deadline
+    assert got.timings == {"queued": 0.5, "execution": 1.25}

@@ -72,3 +72,31 @@ def test_event_stream_sends_progress_in_order_then_the_final_record(
     assert statuses.index("running") < len(statuses) - 1
     first_progress = kinds.index("progress")
     assert kinds.index("final") > first_progress
+
+
+def test_list_tasks_filters_and_pages(comfyui_emulator, server_factory):
+    server = server_factory([comfyui_emulator])
+    ids = [httpx.post(server.api, params={"wait": 10}, json={**BLANK, "params": {"color": i}}).json()["id"]
+           for i in range(5)]
+    comfyui_emulator.fail_next()
+    failed = httpx.post(server.api, params={"wait": 10}, json={**BLANK, "params": {"color": 99}}).json()
+    assert failed["status"] == "failed"
+    first = httpx.get(server.api + "/tasks", params={"limit": 4})
+    assert [t["id"] for t in first.json()] == [failed["id"], *reversed(ids)][:4]
+    rest = httpx.get(server.api + "/tasks", params={"limit": 4, "cursor": first.headers["x-next-cursor"]})
+    assert [t["id"] for t in rest.json()] == list(reversed(ids))[3:]
+    assert "x-next-cursor" not in rest.headers
+    only_failed = httpx.get(server.api + "/tasks", params={"status": "failed"}).json()
+    assert [t["id"] for t in only_failed] == [failed["id"]]
+    bad = httpx.get(server.api + "/tasks", params={"status": "lost"})
+    assert bad.status_code == 400 and bad.json()["extra"][0]["key"] == "status"
+
+
+def test_records_carry_stage_timings(comfyui_emulator_factory, server_factory):
+    emulator = comfyui_emulator_factory(node_time=0.1)
+    server = server_factory([emulator])
+    record = httpx.post(server.api, params={"wait": 10}, json=BLANK).json()
+    timings = record["timings"]
+    assert set(timings) == {"queued", "upload", "comfyui_queue", "execution", "storage"}
+    assert timings["execution"] >= 0.15  # two nodes of 0.1 s
+    assert all(value >= 0 for value in timings.values())

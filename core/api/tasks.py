@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from typing import Annotated
 
 import msgspec
@@ -13,7 +14,8 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from ..auth import caller
 from ..errors import RequestError
-from ..models import Task
+from ..models import Task, TaskStatus
+from ..store import TaskQuery
 from ..records import TaskRecord, render_task
 from .schemas import SubmitRequest, TaskEventInfo
 
@@ -160,20 +162,41 @@ class TaskController(Controller):
 
         return ServerSentEvent(stream())
 
-    @get("", operation_id="findTasks", summary="Find tasks by client_task_id")
-    async def find_tasks(
+    @get("", operation_id="listTasks", summary="Find or list tasks, newest first")
+    async def list_tasks(
         self,
         request: Request,
-        client_task_id: Annotated[str, Parameter(min_length=1)],
-    ) -> list[TaskRecord]:
-        task = await request.app.state.engine.store.find(client_task_id)
-        if task is None:
-            return []
-        try:
-            task = await visible_task(request, task.id)
-        except RequestError:
-            return []
-        return [await render_task(task, request.app.state.pm)]
+        client_task_id: Annotated[str | None, Parameter(min_length=1)] = None,
+        status: Annotated[TaskStatus | None, Parameter(description="Only this state.")] = None,
+        workflow: Annotated[str | None, Parameter(min_length=1)] = None,
+        since: Annotated[
+            dt.datetime | None, Parameter(description="Created at or after (ISO 8601).")
+        ] = None,
+        cursor: Annotated[
+            int | None, Parameter(ge=1, description="`x-next-cursor` of the previous page.")
+        ] = None,
+        limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
+    ) -> Response[list[TaskRecord]]:
+        pm, store = request.app.state.pm, request.app.state.engine.store
+        if client_task_id is not None:
+            task = await store.find(client_task_id)
+            try:
+                tasks = [await visible_task(request, task.id)] if task else []
+            except RequestError:
+                tasks = []
+            return Response([await render_task(t, pm) for t in tasks])
+        key = request.state.get("api_key")
+        query = TaskQuery(
+            status=status,
+            workflow=workflow,
+            client=key.name if key is not None and not key.admin else None,
+            since=since,
+            before_id=cursor,
+            limit=limit,
+        )
+        tasks = await store.list_tasks(query)
+        headers = {"x-next-cursor": str(tasks[-1].id)} if len(tasks) == limit else {}
+        return Response([await render_task(t, pm) for t in tasks], headers=headers)
 
     @delete(
         "/{task_id:int}", operation_id="cancelTask", status_code=200, summary="Cancel a task"

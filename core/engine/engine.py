@@ -59,7 +59,7 @@ class Stopped(Exception):
 class Attempt:
     """One try at running a task on one endpoint, while it is in flight in this process."""
 
-    __slots__ = ("done", "monitor", "started", "stop", "task", "watch")
+    __slots__ = ("done", "ended_at", "monitor", "posted_at", "started", "stop", "task", "watch")
 
     def __init__(self, task: Task, monitor: EndpointMonitor, watch: Watch) -> None:
         self.task = task
@@ -68,6 +68,24 @@ class Attempt:
         self.started = asyncio.Event()
         self.done = asyncio.Event()
         self.stop: Stop | None = None
+        self.posted_at: dt.datetime | None = None
+        self.ended_at: dt.datetime | None = None
+
+    def timings(self, stored_at: dt.datetime) -> dict[str, float]:
+        """Seconds per stage, for the record (what the client waited on, and why)."""
+        task = self.task
+        marks = [
+            ("queued", task.created_at, task.dispatched_at),
+            ("upload", task.dispatched_at, self.posted_at),
+            ("comfyui_queue", self.posted_at, task.started_at),
+            ("execution", task.started_at or self.posted_at, self.ended_at),
+            ("storage", self.ended_at, stored_at),
+        ]
+        return {
+            name: round((end - start).total_seconds(), 6)
+            for name, start, end in marks
+            if start is not None and end is not None
+        }
 
     @property
     def prompt_id(self) -> str:
@@ -430,6 +448,7 @@ class Engine:
             prompt, client_id=monitor.client_id, prompt_id=attempt.prompt_id
         )
         attempt.watch.submitted = True
+        attempt.posted_at = utcnow()
 
     async def _upload_inputs(self, attempt: Attempt, workflow: Workflow) -> dict[str, Any]:
         task, client = attempt.task, attempt.monitor.client
@@ -465,6 +484,7 @@ class Engine:
                 )
                 await self._step(attempt, "running")
         outcome = await watch.future
+        attempt.ended_at = utcnow()
         if attempt.stop is not None:
             raise Stopped(attempt.stop)
         if outcome == "lost":
@@ -488,7 +508,9 @@ class Engine:
         workflow = self.workflows.get(task.workflow)
         output_nodes = workflow.output_nodes if workflow else None
         refs, code, message = await self.collector.collect(task, client, entry, output_nodes)
-        task = msgspec.structs.replace(task, outputs=tuple(refs))
+        task = msgspec.structs.replace(
+            task, outputs=tuple(refs), timings=attempt.timings(utcnow())
+        )
         if code != ErrorCode.SUCCESS:
             await self._finish(task, "failed", code, message)
         elif not refs:

@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Literal, Protocol, get_args
 import msgspec
 from comfyui_server.core import DuplicateClientTaskId, StartupError, Task, TaskEvent
 from comfyui_server.core.models import FINAL_STATUSES, TaskStatus
+from comfyui_server.core.store import TaskQuery
 
 from . import rows
 from .migrate import head_version, schema_version, upgrade
@@ -127,6 +128,30 @@ class SqlTaskStore(ABC):
     async def count_queued(self) -> int:
         found = await self._fetch(f"SELECT count(*) FROM {rows.TASK_TABLE} WHERE status = 'queued'")
         return found[0][0]
+
+    async def list_tasks(self, query: TaskQuery) -> list[Task]:
+        conditions, args = [], []
+        for column, value in (
+            ("status", query.status),
+            ("workflow", query.workflow),
+            ("client", query.client),
+            ("error_code", query.error_code),
+        ):
+            if value is not None:
+                args.append(value)
+                conditions.append(f"{column} = ${len(args)}")
+        if query.since is not None:
+            args.append(rows.utc(query.since))  # SQLite gets it as comparable ISO text
+            conditions.append(f"created_at >= ${len(args)}")
+        if query.before_id is not None:
+            args.append(query.before_id)
+            conditions.append(f"id < ${len(args)}")
+        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        args.append(query.limit)
+        found = await self._fetch(
+            f"{rows.SELECT_TASK}{where} ORDER BY id DESC LIMIT ${len(args)}", *args
+        )
+        return [rows.decode_task(r) for r in found]
 
     async def unfinished(self) -> list[Task]:
         statuses = ", ".join(f"'{s}'" for s in UNFINISHED)

@@ -41,7 +41,7 @@ _CREATE = f"""
 _SAVE_WITH_EVENT = f"""
     WITH task AS ({rows.UPDATE_STATE} RETURNING id)
     INSERT INTO {rows.EVENT_TABLE} ({", ".join(rows.EVENT_COLUMNS)})
-    SELECT id, $15, $16, $17, $18 FROM task"""
+    SELECT id, $16, $17, $18, $19 FROM task"""
 
 _CLAIM = f"""
     WITH picked AS (

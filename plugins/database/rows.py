@@ -39,6 +39,8 @@ TASK_COLUMNS = (
     "dispatched_at",
     "started_at",
     "finished_at",
+    "deadline",
+    "timings",
 )
 INSERT_COLUMNS = (*TASK_COLUMNS[1:], "s3_key", "comfy_filepath")
 EVENT_COLUMNS = ("task_id", "status", "at", "endpoint", "detail")
@@ -46,6 +48,7 @@ EVENT_COLUMNS = ("task_id", "status", "at", "endpoint", "detail")
 _params = msgspec.json.Decoder(dict[str, Any])
 _outputs = msgspec.json.Decoder(tuple[OutputRef, ...])
 _inputs = msgspec.json.Decoder(tuple[str, ...])
+_timings = msgspec.json.Decoder(dict[str, float])
 _encode = msgspec.json.Encoder()
 
 
@@ -106,6 +109,8 @@ def insert_values(task: Task) -> tuple[Any, ...]:
         utc(task.dispatched_at),
         utc(task.started_at),
         utc(task.finished_at),
+        utc(task.deadline),
+        _json(task.timings),
         *first_output_columns(task),
     )
 
@@ -117,14 +122,14 @@ UPDATE_STATE = f"""
     UPDATE {TASK_TABLE} SET
         status = $2, comfyui_task_id = $3, endpoint = $4, attempts = $5, outputs = $6,
         inputs = $7, error_code = $8, error = $9, s3_key = $10, comfy_filepath = $11,
-        dispatched_at = $12, started_at = $13, finished_at = $14,
+        dispatched_at = $12, started_at = $13, finished_at = $14, timings = $15,
         owner = CASE WHEN status = 'queued' AND $2 = 'queued' THEN owner END,
         claimed_at = CASE WHEN status = 'queued' AND $2 = 'queued' THEN claimed_at END
     WHERE id = $1"""
 
 
 def state_values(task: Task) -> tuple[Any, ...]:
-    """Values for UPDATE_STATE ($1 .. $14)."""
+    """Values for UPDATE_STATE ($1 .. $15)."""
     return (
         task.id,
         task.status,
@@ -139,6 +144,7 @@ def state_values(task: Task) -> tuple[Any, ...]:
         utc(task.dispatched_at),
         utc(task.started_at),
         utc(task.finished_at),
+        _json(task.timings),
     )
 
 
@@ -167,6 +173,8 @@ def decode_task(row: Sequence[Any]) -> Task:
         dispatched_at=_time(row[16]),
         started_at=_time(row[17]),
         finished_at=_time(row[18]),
+        deadline=_time(row[19]),
+        timings=_timings.decode(row[20]),
     )
 
 
