@@ -1,0 +1,76 @@
+"""Prometheus metrics at `/metrics`: queue depth, endpoints, task results and stage
+latencies. Other plugins add their own metrics to prometheus_client's default registry and
+they appear here too."""
+
+from __future__ import annotations
+
+from litestar import Response, get
+from litestar.datastructures import State
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from comfyui_server.core import Task, TaskResult, hookimpl
+
+STAGE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900)
+
+TASKS = Counter(
+    "comfyui_server_tasks_total",
+    "Tasks that reached a final state.",
+    ["workflow", "status", "error_code"],
+)
+STAGE_SECONDS = Histogram(
+    "comfyui_server_task_stage_seconds",
+    "Time a task spent in each stage (queued, upload, comfyui_queue, execution, storage).",
+    ["workflow", "stage"],
+    buckets=STAGE_BUCKETS,
+)
+TASK_SECONDS = Histogram(
+    "comfyui_server_task_seconds",
+    "Submission to final state.",
+    ["workflow", "status"],
+    buckets=STAGE_BUCKETS,
+)
+QUEUE_DEPTH = Gauge("comfyui_server_queue_depth", "Tasks waiting in our queue.")
+ENDPOINT_UP = Gauge("comfyui_server_endpoint_up", "1 when the endpoint is up.", ["endpoint"])
+IN_FLIGHT = Gauge(
+    "comfyui_server_endpoint_in_flight", "Prompts we sent that have not ended.", ["endpoint"]
+)
+COMFYUI_QUEUE = Gauge(
+    "comfyui_server_endpoint_queue_remaining",
+    "ComfyUI's own queue length (all its clients), from its status broadcasts.",
+    ["endpoint"],
+)
+
+
+@hookimpl
+def on_result(task: Task, result: TaskResult) -> None:
+    TASKS.labels(task.workflow, result.status, str(result.error_code)).inc()
+    for stage, seconds in task.timings.items():
+        STAGE_SECONDS.labels(task.workflow, stage).observe(seconds)
+    if task.finished_at is not None:
+        total = (task.finished_at - task.created_at).total_seconds()
+        TASK_SECONDS.labels(task.workflow, result.status).observe(max(0.0, total))
+
+
+@get("/metrics", operation_id="metrics", tags=["operations"], summary="Prometheus metrics",
+     media_type=CONTENT_TYPE_LATEST)
+async def metrics(state: State) -> Response[bytes]:
+    """Gauges are read at scrape time, so they are never stale."""
+    engine = state.engine
+    QUEUE_DEPTH.set(await engine.store.count_queued())
+    for endpoint in engine.fleet.states():
+        ENDPOINT_UP.labels(endpoint.name).set(1 if endpoint.status == "up" else 0)
+        IN_FLIGHT.labels(endpoint.name).set(endpoint.in_flight)
+        COMFYUI_QUEUE.labels(endpoint.name).set(endpoint.queue_remaining)
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+@hookimpl
+def register_routes():
+    return [metrics]
