@@ -32,3 +32,11 @@ def bench(session: nox.Session) -> None:
     """Benchmarks; writes docs/benchmarks.md."""
     install_project(session)
     session.run("python", "-m", "bench", *session.posargs)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Regenerate the reference pages from the code, then build the site with --strict."""
+    session.install("mkdocs-material", "-e", ".")
+    session.run("python", "-m", "comfyui_server.core.docs_gen")
+    session.run("mkdocs", "build", "--strict", *session.posargs)

@@ -187,10 +187,7 @@ def _modules(package: str) -> Iterator[ModuleType]:
     """`package` and every module under it, imported, in name order."""
     root = importlib.import_module(package)
     yield root
-    names = sorted(
-        info.name
-        for info in pkgutil.walk_packages(root.__path__, prefix=package + ".")
-    )
+    names = sorted(info.name for info in pkgutil.walk_packages(root.__path__, prefix=package + "."))
     for name in names:
         yield importlib.import_module(name)
 
@@ -291,9 +288,7 @@ def settings_rows(struct: type[msgspec.Struct]) -> list[tuple[str, str, str, str
         if field.encode_name.startswith("__"):
             continue  # not a variable (Settings.env holds them all)
         doc = described(f"{struct.__name__}.{field.name}", docs.get(field.name, ""))
-        rows.append(
-            (field.encode_name, describe_type(field.type), describe_default(field), doc)
-        )
+        rows.append((field.encode_name, describe_type(field.type), describe_default(field), doc))
     return rows
 
 
@@ -565,7 +560,9 @@ def render_type(cls: type) -> str:
     docs = attribute_docs(cls)
     sources = annotation_sources(cls)
     where = f"{cls.__module__}.{cls.__qualname__}"
-    public = "comfyui_server.core" if hasattr(sys.modules["comfyui_server.core"], cls.__name__) else None
+    public = (
+        "comfyui_server.core" if hasattr(sys.modules["comfyui_server.core"], cls.__name__) else None
+    )
     parts = [f"\n### {cls.__name__}\n\n"]
     about = rst_to_md(inspect.cleandoc(cls.__doc__ or ""))
     if about and not about.startswith(f"{cls.__name__}("):  # msgspec's generated docstring
