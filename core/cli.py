@@ -18,6 +18,7 @@ import click
 import msgspec
 
 from .config import ConfigError, Settings, get_settings
+from .logs import configure as configure_logging
 from .errors import ComfyServerError
 from .plugins import PluginManager, create_plugin_manager
 from .workflows import collect_workflows
@@ -185,14 +186,14 @@ def serve(obj: Context, host: str | None, port: int | None) -> None:
             settings, service_host=host or settings.service_host,
             service_port=port or settings.service_port,
         )
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings, obj.pm)
-    click.echo(f"comfyui-server on {settings.base_url} (API under {settings.route_prefix})")
+    logging.getLogger("comfyui_server").info(
+        "comfyui-server on %s (API under %s)", settings.base_url, settings.route_prefix
+    )
     uvicorn.run(
         app, host=settings.service_host, port=settings.service_port,
-        log_level=settings.log_level.lower(), access_log=False,
+        log_level=settings.log_level.lower(), access_log=False, log_config=None,
     )
 
 

@@ -24,6 +24,7 @@ from ..config import Settings
 from ..errors import EndpointUnavailable, ErrorCode, RequestError, TaskFailure
 from ..hookcall import call_all, call_first
 from ..inputs import decode_image, fetch_image, is_url
+from ..logs import current_task_id
 from ..models import Task, TaskEvent, TaskProgress, TaskResult, TaskStatus, utcnow
 from ..store import DuplicateClientTaskId, TaskStore
 from ..urls import UrlPolicy
@@ -402,6 +403,7 @@ class Engine:
     # ---- one attempt ----------------------------------------------------------------------
 
     async def _run(self, attempt: Attempt, *, fresh: bool) -> None:
+        current_task_id.set(attempt.task.id)  # this coroutine runs in its own context
         monitor, watch = attempt.monitor, attempt.watch
         try:
             if fresh:
@@ -562,6 +564,8 @@ class Engine:
             task, status=status, error_code=int(code), error=message, finished_at=utcnow()
         )
         await self._record(task, status, message)
+        log.info("task %s %s (error_code %s)%s", task.id, status, int(code),
+                 f": {message}" if message else "")
         result = TaskResult(
             status=status, outputs=task.outputs, error_code=int(code), error=message
         )

@@ -93,3 +93,83 @@ class ServerThread:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class ServerProcess:
+    """`comfyui-server serve` as a child process: what an operator runs, killable for real
+    (SIGTERM, SIGKILL) so tests can prove what survives."""
+
+    def __init__(self, env: Mapping[str, str], *, port: int | None = None) -> None:
+        import os
+        import sys
+        from pathlib import Path
+
+        self.port = port or free_port()
+        self.env = {
+            **os.environ,
+            "SERVICE_PORT": str(self.port),
+            "SERVICE_HOST": "127.0.0.1",
+            **env,
+        }
+        self.command = [str(Path(sys.executable).parent / "comfyui-server"), "serve"]
+        self.process = None
+        self.log_lines: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api(self) -> str:
+        return self.url + self.env.get("ROUTE_PREFIX", "/api/v1")
+
+    def start(self, timeout: float = 30.0) -> ServerProcess:
+        import subprocess
+        import time
+
+        import httpx
+
+        self.process = subprocess.Popen(
+            self.command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True,
+        )
+        threading.Thread(target=self._read_output, daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                time.sleep(0.2)  # let the reader collect the last lines
+                raise RuntimeError("server exited:\n" + "\n".join(self.log_lines[-30:]))
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError("server did not answer /health in time")
+
+    def _read_output(self) -> None:
+        for line in self.process.stdout:
+            self.log_lines.append(line.rstrip("\n"))
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        return self.process.wait(timeout)
+
+    def stop(self) -> None:
+        import signal as signals
+
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signals.SIGTERM)
+            try:
+                self.process.wait(20)
+            except Exception:
+                self.process.kill()
+                self.process.wait(5)
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
