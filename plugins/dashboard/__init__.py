@@ -13,7 +13,6 @@ import secrets
 from typing import Any
 
 import httpx
-
 from comfyui_server.core import Settings, StartupError, hookimpl
 
 from .routes import router

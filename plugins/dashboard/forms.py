@@ -12,10 +12,9 @@ import base64
 from typing import Any
 
 import msgspec
-from litestar.datastructures import FormMultiDict, UploadFile
-
 from comfyui_server.core import Workflow
 from comfyui_server.core.workflows import ParamSpec
+from litestar.datastructures import FormMultiDict, UploadFile
 
 URL_SUFFIX = "__url"
 """An image param may also be given as a URL, in the text field `<name>__url`."""

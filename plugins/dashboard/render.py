@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+from comfyui_server.core import __version__
 from litestar import Response
 from litestar.enums import MediaType
-
-from comfyui_server.core import __version__
 
 from .views import human_duration, human_size, human_time
 

@@ -11,17 +11,17 @@ import logging
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from litestar import Request, Response, Router, get, post
-from litestar.connection import ASGIConnection
-from litestar.datastructures import CacheControlHeader
-from litestar.handlers import BaseRouteHandler
-from litestar.response import File, Redirect
-from litestar.static_files import create_static_files_router
-
 from comfyui_server.core import RequestError, Task
 from comfyui_server.core.models import utcnow
 from comfyui_server.core.records import output_record, render_task
 from comfyui_server.core.store import TaskQuery
+from litestar import Request, Response, Router, get, post
+from litestar.connection import ASGIConnection
+from litestar.datastructures import CacheControlHeader
+from litestar.handlers import BaseRouteHandler
+from litestar.params import FromPath, FromQuery
+from litestar.response import File, Redirect
+from litestar.static_files import create_static_files_router
 
 from .forms import controls, form_params
 from .render import HERE, PREFIX, html
@@ -137,7 +137,7 @@ async def home(request: Request) -> Redirect:
 
 
 @get("/login", opt={"public": True})
-async def login_form(request: Request, next: str | None = None) -> Response:
+async def login_form(request: Request, next: FromQuery[str | None] = None) -> Response:
     return html(
         "login.html",
         viewer=request.state.viewer,
@@ -207,9 +207,9 @@ def _thumbs(task: Task) -> list[tuple[int, Any, str]]:
 @get("/tasks")
 async def tasks(
     request: Request,
-    status: str | None = None,
-    workflow: str | None = None,
-    before: int | None = None,
+    status: FromQuery[str | None] = None,
+    workflow: FromQuery[str | None] = None,
+    before: FromQuery[int | None] = None,
 ) -> Response:
     viewer = viewer_of(request)
     status = status if status in STATUSES else None
@@ -262,7 +262,7 @@ async def _task_live_context(task: Task) -> dict[str, Any]:
 
 
 @get("/tasks/{task_id:int}")
-async def task_page(request: Request, task_id: int) -> Response:
+async def task_page(request: Request, task_id: FromPath[int]) -> Response:
     task = await visible_task(request, task_id)
     workflow = state.engine.workflows.get(task.workflow)
     return html(
@@ -275,13 +275,13 @@ async def task_page(request: Request, task_id: int) -> Response:
 
 
 @get("/tasks/{task_id:int}/live", opt={"fragment": True})
-async def task_live(request: Request, task_id: int) -> Response:
+async def task_live(request: Request, task_id: FromPath[int]) -> Response:
     task = await visible_task(request, task_id)
     return html("task_live.html", **await _task_live_context(task))
 
 
 @post("/tasks/{task_id:int}/cancel", status_code=303)
-async def cancel(request: Request, task_id: int) -> Response:
+async def cancel(request: Request, task_id: FromPath[int]) -> Response:
     await visible_task(request, task_id)
     try:
         await state.engine.cancel(task_id)
@@ -292,7 +292,7 @@ async def cancel(request: Request, task_id: int) -> Response:
 
 
 @get("/thumbs/{task_id:int}/{index:int}", opt={"fragment": True})
-async def thumbnail(request: Request, task_id: int, index: int) -> Response:
+async def thumbnail(request: Request, task_id: FromPath[int], index: FromPath[int]) -> Response:
     task = await visible_task(request, task_id)
     if not 0 <= index < len(task.outputs):
         raise RequestError(f"task {task_id} has no output {index}", field="index", status_code=404)
@@ -336,7 +336,7 @@ def _workflow(name: str) -> Any:
 
 
 @get("/workflows/{name:str}")
-async def workflow_form(request: Request, name: str) -> Response:
+async def workflow_form(request: Request, name: FromPath[str]) -> Response:
     workflow = _workflow(name)
     return html(
         "workflow.html",
@@ -350,7 +350,7 @@ async def workflow_form(request: Request, name: str) -> Response:
 
 
 @post("/workflows/{name:str}", status_code=303)
-async def workflow_submit(request: Request, name: str) -> Response:
+async def workflow_submit(request: Request, name: FromPath[str]) -> Response:
     """Submit a task from the form, as `POST /api/v1` would, then show its page."""
     workflow, viewer, engine = _workflow(name), viewer_of(request), state.engine
     form = await request.form()

@@ -13,7 +13,6 @@ import hmac
 import time
 
 import msgspec
-
 from comfyui_server.core import RequestError, Task
 from comfyui_server.core.auth import ApiKey, Keyring
 

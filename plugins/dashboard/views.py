@@ -10,7 +10,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import msgspec
-
 from comfyui_server.core import EndpointState, Task, TaskEvent, Workflow
 
 LONG_VALUE = 200
@@ -199,12 +198,12 @@ def output_kind(content_type: str) -> str:
 
 def human_duration(seconds: float | None) -> str:
     if seconds is None:
-        return "–"
+        return "-"
     if seconds < 1:
         return f"{seconds * 1000:.0f} ms"
     if seconds < 60:
         return f"{seconds:.1f} s"
-    minutes, secs = divmod(int(round(seconds)), 60)
+    minutes, secs = divmod(round(seconds), 60)
     if minutes < 60:
         return f"{minutes} min {secs} s"
     hours, minutes = divmod(minutes, 60)
@@ -213,5 +212,5 @@ def human_duration(seconds: float | None) -> str:
 
 def human_time(moment: dt.datetime | None) -> str:
     if moment is None:
-        return "–"
+        return "-"
     return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
