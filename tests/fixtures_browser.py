@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fixtures_app import wait_until
 
 CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -102,6 +101,8 @@ def dashboard_server(server_factory: Callable[..., Any]) -> Callable[..., Any]:
         server = server_factory(
             endpoints, env, wait_up=False, extra_plugins=dashboard_plugins(), **kwargs
         )
+        from fixtures_app import wait_until  # imported late: conftest loads it as a plugin
+
         engine = server.app.state.engine
         wait_until(lambda: all(s.status == "up" for s in engine.fleet.states()))
         return server

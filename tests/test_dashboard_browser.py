@@ -30,8 +30,10 @@ def api_submit(server, secret=None, **params):
 def loaded(page, selector):
     """Wait until every <img> matching `selector` has decoded (naturalWidth > 0)."""
     page.wait_for_function(
-        """sel => { const imgs = [...document.querySelectorAll(sel)];
-                    return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0); }""",
+        """sel => {
+            const imgs = [...document.querySelectorAll(sel)];
+            return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0);
+        }""",
         arg=selector,
     )
 
