@@ -15,6 +15,12 @@ import msgspec
 TaskStatus = Literal["accepted", "queued", "dispatched", "running", "completed", "failed", "cancelled"]
 FINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 EndpointStatus = Literal["connecting", "up", "down", "draining"]
+DeliveryStatus = Literal["pending", "delivered", "failed"]
+
+FINAL_EVENTS: tuple[str, ...] = ("task.completed", "task.failed", "task.cancelled")
+"""Webhook events every callback URL gets: the task's end."""
+WEBHOOK_EVENTS: tuple[str, ...] = ("task.started", "task.progress", *FINAL_EVENTS)
+"""Every event a request may name in `callback_events`."""
 
 
 def utcnow() -> dt.datetime:
@@ -44,6 +50,9 @@ class Task(msgspec.Struct, frozen=True, kw_only=True):
     params: dict[str, Any] = msgspec.field(default_factory=dict)
     client_task_id: str | None = None
     client_callback_url: str | None = None
+    callback_events: tuple[str, ...] = ()
+    """Webhook events the client asked for besides the final ones (`task.started`,
+    `task.progress`), from the request's `callback_events`."""
     client: str | None = None
     """Name of the API key that created the task (None when the API is open)."""
     request_hash: str = ""
@@ -160,3 +169,30 @@ class StoredOutput(msgspec.Struct, frozen=True, kw_only=True):
     storage: str
     """A short name of the storage (e.g. "local", "s3"), so `output_url` knows whose it is."""
     url: str | None = None
+
+
+class WebhookDelivery(msgspec.Struct, frozen=True, kw_only=True):
+    """One webhook message in the outbox: an event of a task, sent to the callback URL until
+    the receiver takes it, it refuses it for good, or the retry window ends.
+
+    `id` is the Standard Webhooks `webhook-id`: the same on every attempt of this delivery,
+    so a receiver can drop a repeat; a redelivery is a new delivery with a new id. `body` is
+    fixed when the event happens, so every attempt sends the same bytes.
+    """
+
+    id: str
+    task_id: int
+    event: str
+    url: str
+    body: bytes
+    status: DeliveryStatus = "pending"
+    attempts: int = 0
+    last_status: int | None = None
+    """HTTP status of the last attempt's answer (None: no answer)."""
+    last_error: str | None = None
+    created_at: dt.datetime = msgspec.field(default_factory=utcnow)
+    next_attempt_at: dt.datetime | None = None
+    """When a pending delivery is due; None once it has ended."""
+    expires_at: dt.datetime
+    """No attempt starts after this (created_at + WEBHOOK_RETRY_WINDOW)."""
+    finished_at: dt.datetime | None = None

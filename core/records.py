@@ -8,12 +8,16 @@ the rest. `s3_key` and `comfyui_filepath` are the first output's.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+import weakref
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from .hookcall import call_first
-from .models import OutputRef, Task, TaskStatus
+from .models import FINAL_EVENTS, OutputRef, Task, TaskStatus, WebhookDelivery
+
+if TYPE_CHECKING:
+    from .store import TaskStore
 
 
 class OutputRecord(msgspec.Struct, kw_only=True):
@@ -23,6 +27,29 @@ class OutputRecord(msgspec.Struct, kw_only=True):
     node_id: str
     content_type: str
     size: int
+
+
+class WebhookState(msgspec.Struct, kw_only=True):
+    """Where the webhook announcing the task's end stands (its latest delivery)."""
+
+    status: str
+    """`pending` (being tried or waiting to retry), `delivered` or `failed`."""
+    attempts: int
+    last_status: int | None
+    """HTTP status of the last answer; None when there was none (timeout, refused)."""
+    last_error: str | None
+    next_attempt_at: dt.datetime | None
+    """When a pending delivery is tried next."""
+
+    @classmethod
+    def of(cls, delivery: WebhookDelivery) -> WebhookState:
+        return cls(
+            status=delivery.status,
+            attempts=delivery.attempts,
+            last_status=delivery.last_status,
+            last_error=delivery.last_error,
+            next_attempt_at=delivery.next_attempt_at,
+        )
 
 
 class TaskRecord(msgspec.Struct, kw_only=True):
@@ -47,7 +74,32 @@ class TaskRecord(msgspec.Struct, kw_only=True):
     timings: dict[str, float]
     """Seconds per stage: queued, upload, comfyui_queue, execution, storage."""
     event: str | None = msgspec.field(default=None)
-    """In webhook bodies: `task.completed`, `task.failed`, `task.cancelled`."""
+    """In webhook bodies: `task.completed`, `task.failed`, `task.cancelled` (or
+    `task.started`, `task.progress` when asked for)."""
+    webhook: WebhookState | None = None
+    """The delivery of the final event to `client_callback_url`; null without a callback
+    URL, before the task ends, and in webhook bodies themselves."""
+
+
+_webhook_outboxes: weakref.WeakKeyDictionary[Any, TaskStore] = weakref.WeakKeyDictionary()
+"""Per plugin manager (one per app): the store whose outbox records show. Set by the
+webhook plugin while it runs, so records carry no delivery state when it is disabled."""
+
+
+def show_webhook_state(pm: Any, store: TaskStore | None) -> None:
+    """Make records rendered with `pm` show the webhook state kept in `store` (None: stop)."""
+    if store is None:
+        _webhook_outboxes.pop(pm, None)
+    else:
+        _webhook_outboxes[pm] = store
+
+
+async def webhook_state(task: Task, pm: Any) -> WebhookState | None:
+    store = _webhook_outboxes.get(pm)
+    if store is None or not task.client_callback_url or not task.is_final:
+        return None
+    latest = await store.latest_delivery(task.id, FINAL_EVENTS)
+    return WebhookState.of(latest) if latest is not None else None
 
 
 async def output_record(output: OutputRef, pm: Any) -> OutputRecord:
@@ -63,7 +115,9 @@ async def output_record(output: OutputRef, pm: Any) -> OutputRecord:
 
 
 async def render_task(task: Task, pm: Any, *, event: str | None = None) -> TaskRecord:
-    """The record of `task`, with output URLs made afresh (presigned links never go stale)."""
+    """The record of `task`, with output URLs made afresh (presigned links never go stale).
+    `event` marks a webhook body, which leaves the webhook state out (it would describe the
+    very message that carries it)."""
     outputs = [await output_record(o, pm) for o in task.outputs]
     first = task.outputs[0] if task.outputs else None
     return TaskRecord(
@@ -90,4 +144,5 @@ async def render_task(task: Task, pm: Any, *, event: str | None = None) -> TaskR
         finished_at=task.finished_at,
         timings=task.timings,
         event=event,
+        webhook=None if event is not None else await webhook_state(task, pm),
     )

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+from collections.abc import Collection
 from typing import Protocol, runtime_checkable
 
 import msgspec
 
-from .models import FINAL_STATUSES, Task, TaskEvent
+from .models import FINAL_STATUSES, Task, TaskEvent, WebhookDelivery, utcnow
 
 
 class TaskQuery(msgspec.Struct, frozen=True, kw_only=True):
@@ -91,6 +92,54 @@ class TaskStore(Protocol):
         cursor of the next page (the last id of the previous one)."""
         ...
 
+    # ---- the webhook outbox: deliveries survive a restart and are sent by one replica ----
+
+    async def add_delivery(self, delivery: WebhookDelivery) -> None:
+        """Record a new delivery (unclaimed) before anything is sent."""
+        ...
+
+    async def get_delivery(self, delivery_id: str) -> WebhookDelivery | None: ...
+
+    async def task_deliveries(self, task_id: int) -> list[WebhookDelivery]:
+        """Every delivery of a task, oldest first."""
+        ...
+
+    async def latest_delivery(
+        self, task_id: int, events: Collection[str]
+    ) -> WebhookDelivery | None:
+        """The task's newest delivery of one of `events`, or None."""
+        ...
+
+    async def pending_deliveries(
+        self, due_before: dt.datetime, limit: int
+    ) -> list[WebhookDelivery]:
+        """Pending deliveries due by `due_before` that nobody holds (or whose holder's lease
+        ran out), soonest first: what a process schedules at start and on each poll."""
+        ...
+
+    async def claim_delivery(
+        self, delivery_id: str, owner: str, lease: float
+    ) -> WebhookDelivery | None:
+        """Hold a pending, due delivery for `lease` seconds so that no other process sends it
+        meanwhile. None when it has ended, is not due yet, or another owner holds it."""
+        ...
+
+    async def save_delivery(self, delivery: WebhookDelivery, owner: str) -> bool:
+        """Record an attempt's outcome (status, attempts, last_status, last_error,
+        next_attempt_at, finished_at) and let go of the claim. False, and nothing written,
+        when `owner` no longer holds the delivery."""
+        ...
+
+    async def release_deliveries(self, owner: str) -> None:
+        """Let go of every claim `owner` holds (at shutdown), so others need not wait for
+        the leases to run out."""
+        ...
+
+
+class _Claim(msgspec.Struct):
+    owner: str
+    until: dt.datetime
+
 
 class MemoryTaskStore:
     """Keeps tasks in this process only. Fast, and lost on restart."""
@@ -104,6 +153,8 @@ class MemoryTaskStore:
         self._queued: dict[int, None] = {}
         """Queued, unclaimed ids in id order (a dict is an ordered set)."""
         self._ids = itertools.count(1)
+        self._deliveries: dict[str, WebhookDelivery] = {}
+        self._claims: dict[str, _Claim] = {}
 
     async def open(self) -> None:
         return None
@@ -171,3 +222,68 @@ class MemoryTaskStore:
                 if len(found) >= query.limit:
                     break
         return found
+
+    # ---- webhook outbox ----------------------------------------------------------------
+
+    def _held(self, delivery_id: str, now: dt.datetime) -> _Claim | None:
+        claim = self._claims.get(delivery_id)
+        return claim if claim is not None and claim.until >= now else None
+
+    async def add_delivery(self, delivery: WebhookDelivery) -> None:
+        self._deliveries[delivery.id] = delivery
+
+    async def get_delivery(self, delivery_id: str) -> WebhookDelivery | None:
+        return self._deliveries.get(delivery_id)
+
+    async def task_deliveries(self, task_id: int) -> list[WebhookDelivery]:
+        found = [d for d in self._deliveries.values() if d.task_id == task_id]
+        return sorted(found, key=lambda d: (d.created_at, d.id))
+
+    async def latest_delivery(
+        self, task_id: int, events: Collection[str]
+    ) -> WebhookDelivery | None:
+        found = [d for d in await self.task_deliveries(task_id) if d.event in events]
+        return found[-1] if found else None
+
+    async def pending_deliveries(
+        self, due_before: dt.datetime, limit: int
+    ) -> list[WebhookDelivery]:
+        now = utcnow()
+        found = [
+            d
+            for d in self._deliveries.values()
+            if d.status == "pending"
+            and d.next_attempt_at is not None
+            and d.next_attempt_at <= due_before
+            and self._held(d.id, now) is None
+        ]
+        found.sort(key=lambda d: (d.next_attempt_at, d.id))
+        return found[:limit]
+
+    async def claim_delivery(
+        self, delivery_id: str, owner: str, lease: float
+    ) -> WebhookDelivery | None:
+        now = utcnow()
+        delivery = self._deliveries.get(delivery_id)
+        if (
+            delivery is None
+            or delivery.status != "pending"
+            or delivery.next_attempt_at is None
+            or delivery.next_attempt_at > now
+            or self._held(delivery_id, now) is not None
+        ):
+            return None
+        self._claims[delivery_id] = _Claim(owner, now + dt.timedelta(seconds=lease))
+        return delivery
+
+    async def save_delivery(self, delivery: WebhookDelivery, owner: str) -> bool:
+        claim = self._claims.get(delivery.id)
+        if claim is None or claim.owner != owner:
+            return False
+        del self._claims[delivery.id]
+        self._deliveries[delivery.id] = delivery
+        return True
+
+    async def release_deliveries(self, owner: str) -> None:
+        for delivery_id in [k for k, c in self._claims.items() if c.owner == owner]:
+            del self._claims[delivery_id]

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import uuid
 
 import msgspec
 import pytest
 from comfyui_server.core import DuplicateClientTaskId, MemoryTaskStore, OutputRef, Task, TaskEvent
+from comfyui_server.core.models import WebhookDelivery, utcnow
 from comfyui_server.core.store import TaskStore
 
 
@@ -283,3 +285,166 @@ async def test_deadline_and_timings_round_trip(store):
     got = await store.get(task.id)
     assert got.deadline == deadline
     assert got.timings == {"queued": 0.5, "execution": 1.25}
+
+
+async def test_callback_events_round_trip(store):
+    task = await store.create(
+        new_task(callback_events=("task.started", "task.progress")), first_events()
+    )
+    assert (await store.get(task.id)).callback_events == ("task.started", "task.progress")
+    plain = await store.create(new_task(), first_events())
+    assert (await store.get(plain.id)).callback_events == ()
+
+
+# ---- the webhook outbox ----------------------------------------------------------------------
+
+
+def new_delivery(task: Task, **fields) -> WebhookDelivery:
+    now = utcnow()
+    fields.setdefault("id", f"msg_{uuid.uuid4().hex}")
+    fields.setdefault("event", "task.completed")
+    fields.setdefault("url", "http://127.0.0.1:9/hook")
+    fields.setdefault("body", b'{"id": 1, "event": "task.completed"}')
+    fields.setdefault("created_at", now)
+    fields.setdefault("next_attempt_at", now)
+    fields.setdefault("expires_at", now + dt.timedelta(days=1))
+    return WebhookDelivery(task_id=task.id, **fields)
+
+
+async def test_deliveries_round_trip_and_list_per_task(store):
+    task, other = await add(store, 2)
+    at = dt.datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC)
+    first = new_delivery(task, body=b"\x00binary\xff", created_at=at, next_attempt_at=at)
+    later = new_delivery(task, event="task.started", created_at=at + dt.timedelta(seconds=1))
+    elsewhere = new_delivery(other)
+    for delivery in (later, elsewhere, first):
+        await store.add_delivery(delivery)
+    assert await store.get_delivery(first.id) == first
+    assert await store.get_delivery("msg_none") is None
+    assert await store.task_deliveries(task.id) == [first, later]
+    assert await store.task_deliveries(task.id + 1000) == []
+    got = await store.get_delivery(first.id)
+    assert got.created_at.tzinfo is not None and got.expires_at.tzinfo is not None
+    assert await store.latest_delivery(task.id, ("task.completed", "task.failed")) == first
+    assert await store.latest_delivery(task.id, ("task.started",)) == later
+    assert await store.latest_delivery(task.id, ("task.cancelled",)) is None
+    again = new_delivery(task, created_at=at + dt.timedelta(seconds=2))
+    await store.add_delivery(again)
+    assert await store.latest_delivery(task.id, ("task.completed",)) == again
+
+
+async def test_pending_deliveries_are_due_unheld_and_soonest_first(store):
+    (task,) = await add(store, 1)
+    now = utcnow()
+    soon = new_delivery(task, next_attempt_at=now - dt.timedelta(seconds=1))
+    sooner = new_delivery(task, next_attempt_at=now - dt.timedelta(seconds=5))
+    later = new_delivery(task, next_attempt_at=now + dt.timedelta(hours=1))
+    done = new_delivery(task, status="delivered", next_attempt_at=None, finished_at=now)
+    for delivery in (soon, sooner, later, done):
+        await store.add_delivery(delivery)
+    assert await store.pending_deliveries(now, 10) == [sooner, soon]
+    assert await store.pending_deliveries(now, 1) == [sooner]
+    assert await store.pending_deliveries(now + dt.timedelta(hours=2), 10) == [
+        sooner, soon, later]
+    assert await store.claim_delivery(sooner.id, "a", 60) == sooner
+    assert await store.pending_deliveries(now, 10) == [soon]
+
+
+async def test_a_delivery_is_claimed_by_one_owner_at_a_time(store):
+    (task,) = await add(store, 1)
+    delivery = new_delivery(task)
+    await store.add_delivery(delivery)
+    results = await asyncio.gather(
+        *(store.claim_delivery(delivery.id, f"owner-{n}", 60) for n in range(8))
+    )
+    assert [r for r in results if r is not None] == [delivery]
+    assert await store.claim_delivery("msg_none", "a", 60) is None
+
+
+async def test_only_due_pending_deliveries_can_be_claimed(store):
+    (task,) = await add(store, 1)
+    future = new_delivery(task, next_attempt_at=utcnow() + dt.timedelta(hours=1))
+    failed = new_delivery(task, status="failed", next_attempt_at=None, finished_at=utcnow())
+    for delivery in (future, failed):
+        await store.add_delivery(delivery)
+    assert await store.claim_delivery(future.id, "a", 60) is None
+    assert await store.claim_delivery(failed.id, "a", 60) is None
+
+
+async def test_an_expired_lease_lets_another_owner_claim(store):
+    (task,) = await add(store, 1)
+    delivery = new_delivery(task)
+    await store.add_delivery(delivery)
+    assert await store.claim_delivery(delivery.id, "dead", 0.05) == delivery
+    assert await store.claim_delivery(delivery.id, "b", 60) is None
+    await asyncio.sleep(0.1)
+    assert await store.pending_deliveries(utcnow(), 10) == [delivery]
+    assert await store.claim_delivery(delivery.id, "b", 60) == delivery
+    # the first owner's late outcome is refused: "b" holds it now
+    assert not await store.save_delivery(replace(delivery, attempts=1), "dead")
+    assert (await store.get_delivery(delivery.id)).attempts == 0
+
+
+async def test_save_delivery_records_the_attempt_and_lets_go(store):
+    (task,) = await add(store, 1)
+    delivery = new_delivery(task)
+    await store.add_delivery(delivery)
+    assert not await store.save_delivery(replace(delivery, attempts=1), "a")  # not claimed
+    claimed = await store.claim_delivery(delivery.id, "a", 60)
+    retry_at = utcnow() + dt.timedelta(milliseconds=100)
+    retried = replace(
+        claimed, attempts=1, last_status=503, last_error="HTTP 503", next_attempt_at=retry_at
+    )
+    assert await store.save_delivery(retried, "a")
+    assert await store.get_delivery(delivery.id) == retried
+    assert not await store.save_delivery(retried, "a")  # the claim is gone
+    assert await store.claim_delivery(delivery.id, "b", 60) is None  # not due yet
+    await asyncio.sleep(0.15)
+    assert await store.claim_delivery(delivery.id, "b", 60) == retried
+    finished = utcnow()
+    done = replace(
+        retried, status="delivered", attempts=2, last_status=200, last_error=None,
+        next_attempt_at=None, finished_at=finished,
+    )
+    assert await store.save_delivery(done, "b")
+    assert await store.get_delivery(delivery.id) == done
+    assert await store.claim_delivery(delivery.id, "c", 60) is None
+    assert await store.pending_deliveries(finished + dt.timedelta(days=2), 10) == []
+
+
+async def test_release_deliveries_frees_only_that_owners_claims(store):
+    (task,) = await add(store, 1)
+    mine, theirs = new_delivery(task), new_delivery(task)
+    for delivery in (mine, theirs):
+        await store.add_delivery(delivery)
+    await store.claim_delivery(mine.id, "me", 60)
+    await store.claim_delivery(theirs.id, "them", 60)
+    await store.release_deliveries("me")
+    assert await store.pending_deliveries(utcnow(), 10) == [mine]
+    assert await store.claim_delivery(mine.id, "other", 60) == mine
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_two_store_instances_never_claim_the_same_delivery(
+    backend, make_db_url, task_store_factory
+):
+    url = make_db_url(backend)
+    one, two = await task_store_factory(url), await task_store_factory(url)
+    (task,) = await add(one, 1)
+    deliveries = [new_delivery(task) for _ in range(30)]
+    for delivery in deliveries:
+        await one.add_delivery(delivery)
+
+    async def claim_each(store: TaskStore, owner: str) -> list[str]:
+        won = []
+        for delivery in deliveries:
+            if await store.claim_delivery(delivery.id, owner, 60):
+                won.append(delivery.id)
+            await asyncio.sleep(0)
+        return won
+
+    results = await asyncio.gather(
+        claim_each(one, "r1"), claim_each(two, "r2"), claim_each(one, "r3"), claim_each(two, "r4")
+    )
+    claimed = [d for won in results for d in won]
+    assert sorted(claimed) == sorted(d.id for d in deliveries)

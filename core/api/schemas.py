@@ -15,6 +15,17 @@ class SubmitRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     client_task_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
     client_callback_url: Annotated[str, msgspec.Meta(min_length=1, max_length=2000)] | None = None
     timeout: Annotated[float, msgspec.Meta(gt=0, description="Seconds before TIMEOUT.")] | None = None
+    callback_events: (
+        Annotated[
+            list[str],
+            msgspec.Meta(
+                max_length=10,
+                description="Webhook events to send besides the final ones (task.completed, "
+                "task.failed, task.cancelled, always sent): task.started, task.progress.",
+            ),
+        ]
+        | None
+    ) = None
 
 
 class ParamInfo(msgspec.Struct, kw_only=True):

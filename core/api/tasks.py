@@ -98,6 +98,7 @@ async def submit_task(
         data.params,
         client_task_id=data.client_task_id,
         client_callback_url=data.client_callback_url,
+        callback_events=tuple(data.callback_events or ()),
         timeout=data.timeout,
         client=caller(request),
     )

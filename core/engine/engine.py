@@ -26,6 +26,7 @@ from ..hookcall import call_all, call_first
 from ..inputs import decode_image, fetch_image, is_url
 from ..logs import current_task_id
 from ..models import Task, TaskEvent, TaskProgress, TaskResult, TaskStatus, utcnow
+from ..models import WEBHOOK_EVENTS
 from ..store import DuplicateClientTaskId, TaskStore
 from ..urls import UrlPolicy
 from ..workflows import Workflow, WorkflowRegistry, tag_output_prefixes
@@ -177,11 +178,21 @@ class Engine:
         *,
         client_task_id: str | None = None,
         client_callback_url: str | None = None,
+        callback_events: tuple[str, ...] = (),
         timeout: float | None = None,
         client: str | None = None,
     ) -> tuple[Task, bool]:
         """Validate, record and queue a task. Returns (task, created): a repeated
         `client_task_id` with the same request returns the existing task."""
+        unknown = sorted(set(callback_events) - set(WEBHOOK_EVENTS))
+        if unknown:
+            raise RequestError(
+                f"callback_events: unknown event(s) {', '.join(map(repr, unknown))}; "
+                f"known: {', '.join(WEBHOOK_EVENTS)}",
+                field="callback_events",
+                status_code=422,
+            )
+        events = tuple(e for e in WEBHOOK_EVENTS if e in callback_events)  # one order
         workflow = self.workflows.get(workflow_name)
         if workflow is None:
             raise RequestError(
@@ -194,9 +205,10 @@ class Engine:
         await self._load_images(workflow, clean)
         if client_callback_url:
             await self.url_policy.check(client_callback_url, "client_callback_url")
-        digest = hashlib.sha256(
-            msgspec.json.encode([workflow_name, clean, client_callback_url, timeout], order="sorted")
-        ).hexdigest()
+        request = [workflow_name, clean, client_callback_url, timeout]
+        if events:  # left out when empty, so hashes of earlier requests stay valid
+            request.append(events)
+        digest = hashlib.sha256(msgspec.json.encode(request, order="sorted")).hexdigest()
         now = utcnow()
         timeout = timeout or workflow.timeout
         task = Task(
@@ -204,6 +216,7 @@ class Engine:
             params=clean,
             client_task_id=client_task_id,
             client_callback_url=client_callback_url,
+            callback_events=events,
             client=client,
             request_hash=digest,
             status="queued",

@@ -17,6 +17,7 @@ from comfyui_server.core.store import TaskQuery
 
 from . import rows
 from .migrate import head_version, schema_version, upgrade
+from .outbox import Outbox
 from .settings import DatabaseTarget
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ class Connection(Protocol):
     async def executemany(self, sql: str, args: Iterable[Sequence[Any]]) -> Any: ...
 
 
-class SqlTaskStore(ABC):
+class SqlTaskStore(Outbox, ABC):
     durable = True
     backend: ClassVar[Literal["sqlite", "postgres"]]
 
@@ -61,6 +62,10 @@ class SqlTaskStore(ABC):
         each migration once."""
 
     # ---- writes (per backend) ------------------------------------------------------------
+
+    @abstractmethod
+    async def _write(self, sql: str, *args: Any) -> Sequence[Sequence[Any]]:
+        """One statement on a writing connection, atomic by itself; returns its rows."""
 
     @abstractmethod
     async def _insert(self, task: Task, events: list[TaskEvent]) -> int:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 from comfyui_server.core import StartupError, Task, TaskEvent
@@ -97,6 +98,10 @@ class PostgresTaskStore(SqlTaskStore):
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
             yield conn
+
+    async def _write(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        async with self.pool.acquire() as conn:
+            return await conn.fetch(sql, *args)
 
     async def _insert(self, task: Task, events: list[TaskEvent]) -> int:
         statuses = [e.status for e in events]

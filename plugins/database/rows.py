@@ -41,13 +41,14 @@ TASK_COLUMNS = (
     "finished_at",
     "deadline",
     "timings",
+    "callback_events",
 )
 INSERT_COLUMNS = (*TASK_COLUMNS[1:], "s3_key", "comfy_filepath")
 EVENT_COLUMNS = ("task_id", "status", "at", "endpoint", "detail")
 
 _params = msgspec.json.Decoder(dict[str, Any])
 _outputs = msgspec.json.Decoder(tuple[OutputRef, ...])
-_inputs = msgspec.json.Decoder(tuple[str, ...])
+_strings = msgspec.json.Decoder(tuple[str, ...])
 _timings = msgspec.json.Decoder(dict[str, float])
 _encode = msgspec.json.Encoder()
 
@@ -111,6 +112,7 @@ def insert_values(task: Task) -> tuple[Any, ...]:
         utc(task.finished_at),
         utc(task.deadline),
         _json(task.timings),
+        _json(task.callback_events),
         *first_output_columns(task),
     )
 
@@ -166,7 +168,7 @@ def decode_task(row: Sequence[Any]) -> Task:
         endpoint=row[9],
         attempts=row[10],
         outputs=_outputs.decode(row[11]),
-        inputs=_inputs.decode(row[12]),
+        inputs=_strings.decode(row[12]),
         error_code=row[13],
         error=row[14],
         created_at=_time(row[15]),
@@ -175,6 +177,7 @@ def decode_task(row: Sequence[Any]) -> Task:
         finished_at=_time(row[18]),
         deadline=_time(row[19]),
         timings=_timings.decode(row[20]),
+        callback_events=_strings.decode(row[21]),
     )
 
 
