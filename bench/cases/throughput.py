@@ -1,0 +1,147 @@
+"""b. End-to-end throughput: tasks completed per second over 4 instant emulated endpoints,
+on SQLite and on PostgreSQL, against the same prompts sent straight to 4 emulators."""
+
+from __future__ import annotations
+
+import time
+
+from ..client import (
+    DirectComfy,
+    HttpConnection,
+    WebhookSink,
+    blank_graph,
+    blank_prompt,
+    run_pool,
+    submission,
+    submit,
+)
+from ..harness import Emulators, Server, scratch_postgres
+from ..report import CaseResult, Context, Row
+
+ENDPOINTS = 4
+CONCURRENCY = 32
+"""Submissions in flight at once from the load generator."""
+TARGETS = {"SQLite": 300, "PostgreSQL": 600}
+
+
+def start_emulators(ctx: Context, label: str) -> list[Emulators]:
+    return [
+        Emulators(ctx.logs, ctx.tmp / f"b-{label}-{i}", name=f"b-{label}-emulator{i}")
+        for i in range(ENDPOINTS)
+    ]
+
+
+async def through_server(ctx: Context, server: Server, count: int) -> tuple[float, float]:
+    """(tasks/s end to end, submissions/s) for a burst of `count` tasks."""
+    sink = await WebhookSink().start()
+    conns = [HttpConnection(server.url) for _ in range(CONCURRENCY)]
+
+    async def job(i: int, worker: int) -> None:
+        await submit(conns[worker], submission({"color": ctx.color()}, sink.url))
+
+    try:
+        t0 = time.perf_counter()
+        await run_pool(count, CONCURRENCY, job)
+        submitted = time.perf_counter()
+        await sink.wait_count(count, limit=120)
+        last = max(t for t, _ in sink.arrived.values())
+        failed = [r for _, r in sink.arrived.values() if r["status"] != "completed"]
+        if failed:
+            raise RuntimeError(f"{len(failed)} tasks did not complete: {failed[0]['error']}")
+    finally:
+        for conn in conns:
+            await conn.close()
+        await sink.stop()
+    return count / (last - t0), count / (submitted - t0)
+
+
+async def direct(ctx: Context, emulators: list[Emulators], count: int) -> float:
+    per = CONCURRENCY // ENDPOINTS
+    comfys = [await DirectComfy(e.addresses[0], connections=per).start() for e in emulators]
+    graph = blank_graph()
+    last = 0.0
+
+    async def job(i: int, worker: int) -> None:
+        nonlocal last
+        comfy = comfys[worker % ENDPOINTS]
+        _, t1, _ = await comfy.run(blank_prompt(graph, ctx.color()), worker // ENDPOINTS)
+        last = max(last, t1)
+
+    try:
+        t0 = time.perf_counter()
+        await run_pool(count, CONCURRENCY, job)
+    finally:
+        for comfy in comfys:
+            await comfy.stop()
+    return count / (last - t0)
+
+
+def stop(processes) -> None:
+    for process in processes:
+        process.stop()
+
+
+async def run(ctx: Context) -> CaseResult:
+    result = CaseResult("b", "End-to-end throughput")
+    count = 600 if ctx.quick else 2000
+    emulators = start_emulators(ctx, "floor")
+    try:
+        await direct(ctx, emulators, 100)  # warm-up
+        floor = await direct(ctx, emulators, count)
+    finally:
+        stop(emulators)
+    for database in ("SQLite", "PostgreSQL"):
+        emulators = start_emulators(ctx, database)
+        try:
+            if database == "PostgreSQL":
+                async with scratch_postgres() as url:
+                    rate, submitted = await _server_run(ctx, emulators, database, count, url)
+            else:
+                rate, submitted = await _server_run(ctx, emulators, database, count, None)
+        finally:
+            stop(emulators)
+        target = TARGETS[database]
+        result.rows.append(
+            Row(
+                f"tasks/s end to end, {ENDPOINTS} instant endpoints, {database}",
+                f"{rate:.0f} /s",
+                f"{floor:.0f} /s",
+                f">= {target} /s",
+                rate >= target,
+            )
+        )
+        result.notes.append(
+            f"{database}: {count} tasks in {count / rate:.1f} s from the first POST to the "
+            f"last webhook; the POSTs alone ran at {submitted:.0f} /s while tasks completed."
+        )
+    result.notes += [
+        f"A burst of {count} `blank` tasks (new `color` each) from {CONCURRENCY} concurrent "
+        "submitters, each with a webhook; throughput = tasks / (last webhook received - first "
+        f"POST sent), after a warm-up of 100 tasks. {ENDPOINTS} emulators, each in its own "
+        "process, no added node time; fresh emulators for every run (SaveImage lists its "
+        "folder, so a fuller folder is slower).",
+        f"Floor: the same number of prompts POSTed straight to {ENDPOINTS} fresh emulators by "
+        f"{CONCURRENCY} closed-loop workers ({CONCURRENCY // ENDPOINTS} per emulator), each "
+        "awaiting `executing` null.",
+        "PostgreSQL: a scratch database created for the run and dropped after it, default pool "
+        "(DB_POOL_SIZE=10).",
+    ]
+    return result
+
+
+async def _server_run(
+    ctx: Context, emulators: list[Emulators], label: str, count: int, database_url: str | None
+) -> tuple[float, float]:
+    env = {"DATABASE_URL": database_url} if database_url else {}
+    server = Server(
+        ctx.logs,
+        ctx.tmp / f"b-data-{label}",
+        [e.addresses[0] for e in emulators],
+        env,
+        name=f"b-server-{label}",
+    )
+    try:
+        await through_server(ctx, server, 100)  # warm-up
+        return await through_server(ctx, server, count)
+    finally:
+        server.stop()
