@@ -4,13 +4,20 @@ One browser per test session (launching costs about a second); each test gets fr
 contexts (cookies, colour scheme) that are closed after it. The browser is Debian's
 `chromium` package at /usr/bin/chromium (CI installs it; Playwright's own download is
 never used). When it is missing, the browser tests fail and say how to install it.
+
+Playwright's sync API runs its event loop in a greenlet of the main thread, so between two
+browser calls that thread looks as if it were inside a running loop, and pytest-asyncio
+could not run any async test after the first browser test. The hook wrappers below hide
+that loop while a test that does not use the browser runs, and put it back afterwards.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib.metadata
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +35,43 @@ CHROMIUM_ARGS = [
 ]
 TIMEOUT_MS = 15_000
 """Longest wait for any one browser condition."""
+
+
+class _Playwright:
+    loop: asyncio.AbstractEventLoop | None = None
+    """Playwright's loop while the session's browser is open."""
+
+
+@contextlib.contextmanager
+def _without_playwright_loop(item: pytest.Item) -> Iterator[None]:
+    loop = _Playwright.loop
+    if loop is None or "browser" in getattr(item, "fixturenames", ()):
+        yield
+        return
+    asyncio._set_running_loop(None)
+    try:
+        yield
+    finally:
+        # the browser fixture may have closed during this teardown (last test of the session)
+        asyncio._set_running_loop(_Playwright.loop)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, object, object]:
+    with _without_playwright_loop(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
+    with _without_playwright_loop(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, object, object]:
+    with _without_playwright_loop(item):
+        return (yield)
 
 
 @pytest.fixture(scope="session")
@@ -53,9 +97,15 @@ def browser() -> Iterator[Any]:
     except Exception as exc:
         playwright.stop()
         pytest.fail(f"cannot start Chromium at {CHROMIUM}: {exc}", pytrace=False)
+    _Playwright.loop = asyncio._get_running_loop()
     yield browser
-    browser.close()
-    playwright.stop()
+    asyncio._set_running_loop(_Playwright.loop)  # a test without the browser may have hidden it
+    try:
+        browser.close()
+        playwright.stop()
+    finally:
+        _Playwright.loop = None
+        asyncio._set_running_loop(None)
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from litestar.static_files import create_static_files_router
 from .forms import controls, form_params
 from .render import HERE, PREFIX, html
 from .session import COOKIE, Viewer, check_key
-from .state import state
+from .state import DashboardState, of
 from .thumbnails import MEDIA_TYPE, ThumbnailError
 from .views import durations, error_view, fleet_rows, output_kind, param_rows, timeline
 
@@ -51,11 +51,11 @@ class CrossSiteRequest(Exception):
 
 
 def current_viewer(connection: ASGIConnection) -> Viewer | None:
-    keyring = connection.app.state.keyring
-    if keyring.open:
+    dashboard = of(connection)
+    if dashboard.keyring.open:
         return Viewer(key=None)
     cookie = connection.cookies.get(COOKIE)
-    key = state.signer.verify(cookie, keyring) if cookie and state.signer else None
+    key = dashboard.signer.verify(cookie, dashboard.keyring) if cookie else None
     return Viewer(key=key) if key else None
 
 
@@ -122,7 +122,7 @@ def _on_request_error(request: Request, exc: RequestError) -> Response:
 
 async def visible_task(request: Request, task_id: int) -> Task:
     """The task if this viewer may see it; 404 otherwise (as the API answers)."""
-    task = await state.engine.store.get(task_id)
+    task = await of(request).engine.store.get(task_id)
     if task is None or not viewer_of(request).sees(task):
         raise RequestError(f"no task with id {task_id}", field="task_id", status_code=404)
     return task
@@ -142,7 +142,7 @@ async def login_form(request: Request, next: FromQuery[str | None] = None) -> Re
         "login.html",
         viewer=request.state.viewer,
         next=_safe_next(next),
-        open=request.app.state.keyring.open,
+        open=of(request).keyring.open,
         error=None,
     )
 
@@ -151,10 +151,10 @@ async def login_form(request: Request, next: FromQuery[str | None] = None) -> Re
 async def login(request: Request) -> Response:
     form = await request.form()
     target = _safe_next(str(form.get("next") or ""))
-    keyring = request.app.state.keyring
-    if keyring.open:
+    dashboard = of(request)
+    if dashboard.keyring.open:
         return Redirect(target, status_code=303)
-    key = check_key(keyring, str(form.get("key") or ""))
+    key = check_key(dashboard.keyring, str(form.get("key") or ""))
     if key is None:
         return html(
             "login.html", 401, viewer=None, next=target, open=False, error="That key is not valid."
@@ -162,8 +162,8 @@ async def login(request: Request) -> Response:
     response = Redirect(target, status_code=303)
     response.set_cookie(
         COOKIE,
-        state.signer.issue(key),
-        max_age=int(state.signer.lifetime),
+        dashboard.signer.issue(key),
+        max_age=int(dashboard.signer.lifetime),
         path=PREFIX,
         httponly=True,
         samesite="lax",
@@ -182,19 +182,19 @@ async def logout() -> Response:
 # ---- fleet ------------------------------------------------------------------------------------
 
 
-def _fleet_context() -> dict[str, Any]:
-    engine = state.engine
+def _fleet_context(dashboard: DashboardState) -> dict[str, Any]:
+    engine = dashboard.engine
     return {"rows": fleet_rows(engine.fleet.states(), engine.workflows)}
 
 
 @get("/fleet")
 async def fleet(request: Request) -> Response:
-    return html("fleet.html", viewer=viewer_of(request), nav="fleet", **_fleet_context())
+    return html("fleet.html", viewer=viewer_of(request), nav="fleet", **_fleet_context(of(request)))
 
 
 @get("/fleet/live", opt={"fragment": True})
-async def fleet_live() -> Response:
-    return html("fleet_live.html", **_fleet_context())
+async def fleet_live(request: Request) -> Response:
+    return html("fleet_live.html", **_fleet_context(of(request)))
 
 
 # ---- tasks ------------------------------------------------------------------------------------
@@ -211,10 +211,10 @@ async def tasks(
     workflow: FromQuery[str | None] = None,
     before: FromQuery[int | None] = None,
 ) -> Response:
-    viewer = viewer_of(request)
+    viewer, dashboard = viewer_of(request), of(request)
     status = status if status in STATUSES else None
     workflow = workflow or None
-    found = await state.engine.store.list_tasks(
+    found = await dashboard.engine.store.list_tasks(
         TaskQuery(
             status=status,
             workflow=workflow,
@@ -232,7 +232,7 @@ async def tasks(
         nav="tasks",
         rows=[(t, durations(t, now), _thumbs(t)[:THUMBS_IN_LIST]) for t in page],
         statuses=STATUSES,
-        workflows=state.engine.workflows.names(),
+        workflows=dashboard.engine.workflows.names(),
         status=status,
         workflow=workflow,
         before=before,
@@ -241,15 +241,15 @@ async def tasks(
     )
 
 
-async def _task_live_context(task: Task) -> dict[str, Any]:
-    events = await state.engine.store.events(task.id)
-    record = await render_task(task, state.pm)
+async def _task_live_context(dashboard: DashboardState, task: Task) -> dict[str, Any]:
+    events = await dashboard.engine.store.events(task.id)
+    record = await render_task(task, dashboard.pm)
     outputs = []
     for index, output in enumerate(record.outputs):
         kind = output_kind(output.content_type)
         text = None
         if kind == "text" and output.url and output.size <= TEXT_PREVIEW_BYTES:
-            text = await state.thumbnailer.read_text(output.url, TEXT_PREVIEW_BYTES)
+            text = await dashboard.thumbnailer.read_text(output.url, TEXT_PREVIEW_BYTES)
         outputs.append((index, output, kind, text))
     now = utcnow()
     return {
@@ -264,27 +264,27 @@ async def _task_live_context(task: Task) -> dict[str, Any]:
 @get("/tasks/{task_id:int}")
 async def task_page(request: Request, task_id: FromPath[int]) -> Response:
     task = await visible_task(request, task_id)
-    workflow = state.engine.workflows.get(task.workflow)
+    workflow = of(request).engine.workflows.get(task.workflow)
     return html(
         "task.html",
         viewer=viewer_of(request),
         nav="tasks",
         params=param_rows(task, workflow),
-        **await _task_live_context(task),
+        **await _task_live_context(of(request), task),
     )
 
 
 @get("/tasks/{task_id:int}/live", opt={"fragment": True})
 async def task_live(request: Request, task_id: FromPath[int]) -> Response:
     task = await visible_task(request, task_id)
-    return html("task_live.html", **await _task_live_context(task))
+    return html("task_live.html", **await _task_live_context(of(request), task))
 
 
 @post("/tasks/{task_id:int}/cancel", status_code=303)
 async def cancel(request: Request, task_id: FromPath[int]) -> Response:
     await visible_task(request, task_id)
     try:
-        await state.engine.cancel(task_id)
+        await of(request).engine.cancel(task_id)
     except RequestError as exc:
         if exc.status_code != 409:  # already ended: show the page as it is
             raise
@@ -297,11 +297,12 @@ async def thumbnail(request: Request, task_id: FromPath[int], index: FromPath[in
     if not 0 <= index < len(task.outputs):
         raise RequestError(f"task {task_id} has no output {index}", field="index", status_code=404)
     output = task.outputs[index]
-    record = await output_record(output, state.pm)
+    dashboard = of(request)
+    record = await output_record(output, dashboard.pm)
     if output_kind(output.content_type) != "image" or not record.url:
         raise RequestError("this output has no thumbnail", field="index", status_code=404)
     try:
-        path = await state.thumbnailer.get(f"{output.storage}:{output.key}", record.url)
+        path = await dashboard.thumbnailer.get(f"{output.storage}:{output.key}", record.url)
     except ThumbnailError as exc:
         log.warning("task %s output %s: %s", task_id, index, exc)
         raise RequestError("no thumbnail for this output", field="index", status_code=404) from None
@@ -319,7 +320,7 @@ async def thumbnail(request: Request, task_id: FromPath[int], index: FromPath[in
 
 @get("/workflows")
 async def workflows(request: Request) -> Response:
-    engine = state.engine
+    engine = of(request).engine
     states = engine.fleet.states()
     items = [
         (w, engine.workflows.owner(w.name), [s.name for s in states if s.can_run(w.node_classes)])
@@ -328,8 +329,8 @@ async def workflows(request: Request) -> Response:
     return html("workflows.html", viewer=viewer_of(request), nav="workflows", items=items)
 
 
-def _workflow(name: str) -> Any:
-    workflow = state.engine.workflows.get(name)
+def _workflow(request: Request, name: str) -> Any:
+    workflow = of(request).engine.workflows.get(name)
     if workflow is None:
         raise RequestError(f"no workflow named {name!r}", field="name", status_code=404)
     return workflow
@@ -337,7 +338,7 @@ def _workflow(name: str) -> Any:
 
 @get("/workflows/{name:str}")
 async def workflow_form(request: Request, name: FromPath[str]) -> Response:
-    workflow = _workflow(name)
+    workflow = _workflow(request, name)
     return html(
         "workflow.html",
         viewer=viewer_of(request),
@@ -352,13 +353,14 @@ async def workflow_form(request: Request, name: FromPath[str]) -> Response:
 @post("/workflows/{name:str}", status_code=303)
 async def workflow_submit(request: Request, name: FromPath[str]) -> Response:
     """Submit a task from the form, as `POST /api/v1` would, then show its page."""
-    workflow, viewer, engine = _workflow(name), viewer_of(request), state.engine
+    workflow, viewer, dashboard = _workflow(request, name), viewer_of(request), of(request)
+    engine = dashboard.engine
     form = await request.form()
-    params, shown, errors = await form_params(workflow, form, state.settings.max_image_bytes)
+    params, shown, errors = await form_params(workflow, form, dashboard.settings.max_image_bytes)
     message, status = "Some values need fixing.", 422
     if not errors:
         try:
-            request.app.state.keyring.take(viewer.key)  # the API's rate limit applies
+            dashboard.keyring.take(viewer.key)  # the API's rate limit applies
             await engine.check_capacity()
             task, _ = await engine.submit(name, params, client=viewer.name)
         except RequestError as exc:

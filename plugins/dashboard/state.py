@@ -1,24 +1,41 @@
-"""What the dashboard's routes need at request time, set by `startup` (the plugin's hooks
-run once per app, so module-level state is enough, as in the other built-in plugins)."""
+"""What the dashboard's routes need at request time. `startup` keeps it on the app
+(`app.state.dashboard`) rather than in module globals, so several apps in one process
+(tests, embedding) each keep their own secret, keyring and thumbnail folder."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from litestar.connection import ASGIConnection
+
 from .session import Signer
 from .settings import DashboardSettings
 from .thumbnails import Thumbnailer
 
-
-class _State:
-    engine: Any = None
-    pm: Any = None
-    keyring: Any = None
-    settings: Any = None
-    """Core `Settings`."""
-    own: DashboardSettings = DashboardSettings()
-    signer: Signer | None = None
-    thumbnailer: Thumbnailer | None = None
+STATE_KEY = "dashboard"
 
 
-state = _State()
+class DashboardState:
+    def __init__(
+        self,
+        *,
+        engine: Any,
+        pm: Any,
+        keyring: Any,
+        settings: Any,
+        own: DashboardSettings,
+        signer: Signer,
+        thumbnailer: Thumbnailer,
+    ) -> None:
+        self.engine = engine
+        self.pm = pm
+        self.keyring = keyring
+        self.settings = settings
+        """Core `Settings`."""
+        self.own = own
+        self.signer = signer
+        self.thumbnailer = thumbnailer
+
+
+def of(connection: ASGIConnection) -> DashboardState:
+    return connection.app.state[STATE_KEY]
