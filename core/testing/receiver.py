@@ -23,12 +23,21 @@ class Delivery:
 
 
 class WebhookReceiver:
-    """Answers `statuses` in turn (then the last one forever) after `delay` seconds."""
+    """Answers `statuses` in turn (then the last one forever) after `delay` seconds, with
+    `headers` on every answer (e.g. `{"retry-after": "1"}`)."""
 
-    def __init__(self, statuses: tuple[int, ...] = (200,), delay: float = 0.0) -> None:
+    def __init__(
+        self,
+        statuses: tuple[int, ...] = (200,),
+        delay: float = 0.0,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.statuses = list(statuses)
         self.delay = delay
+        self.headers = dict(headers or {})
         self.deliveries: list[Delivery] = []
+        self._answered_before = 0
+        """Deliveries that came before the current `statuses` were set."""
         self._cond = threading.Condition()
         receiver = self
 
@@ -38,14 +47,16 @@ class WebhookReceiver:
                 if receiver.delay:
                     time.sleep(receiver.delay)
                 with receiver._cond:
-                    status = receiver.statuses[
-                        min(len(receiver.deliveries), len(receiver.statuses) - 1)
-                    ]
+                    index = len(receiver.deliveries) - receiver._answered_before
+                    status = receiver.statuses[min(index, len(receiver.statuses) - 1)]
+                    headers = dict(receiver.headers)
                     receiver.deliveries.append(
                         Delivery(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
                     )
                     receiver._cond.notify_all()
                 self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
                 self.send_header("content-length", "0")
                 self.end_headers()
 
@@ -55,6 +66,14 @@ class WebhookReceiver:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def answer(self, *statuses: int, headers: dict[str, str] | None = None) -> None:
+        """From the next request on, answer `statuses` in turn (then the last one forever)."""
+        with self._cond:
+            self.statuses = list(statuses)
+            self._answered_before = len(self.deliveries)
+            if headers is not None:
+                self.headers = dict(headers)
 
     @property
     def url(self) -> str:
