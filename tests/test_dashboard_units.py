@@ -181,7 +181,7 @@ def test_fleet_rows_say_what_each_endpoint_can_run():
     assert rows[1].last_error == "refused"
 
 
-# ---- the generated form ---------------------------------------------------------------------------
+# ---- the generated form -------------------------------------------------------------------
 
 
 def demo_workflow() -> Workflow:

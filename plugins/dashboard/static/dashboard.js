@@ -4,7 +4,9 @@
  * data-interval milliseconds, only when it changed (so focus and scroll stay put).
  * Polling stops once the fragment holds [data-final]; elements with
  * data-hide-when-final="<region id>" are hidden then. A 401 goes to the sign-in page.
- * Hidden tabs do not poll.
+ * Hidden tabs do not poll. The region itself is not a live region (its timings change
+ * every second); a [data-announce="<region id>"] status element tells screen readers
+ * only when the [data-task-status] text inside it changes.
  */
 (function () {
   "use strict";
@@ -17,6 +19,17 @@
   function setStatus(region, text) {
     var status = document.querySelector('[data-live-status="' + region.id + '"]');
     if (status) status.textContent = text;
+  }
+
+  function announce(region) {
+    var announcer = document.querySelector('[data-announce="' + region.id + '"]');
+    var status = region.querySelector("[data-task-status]");
+    if (!announcer || !status) return;
+    var text = "Task " + status.textContent.trim();
+    if (announcer.getAttribute("data-last") !== text) {
+      announcer.setAttribute("data-last", text);
+      announcer.textContent = text;
+    }
   }
 
   function finish(region) {
@@ -46,6 +59,7 @@
           if (html !== last) {
             last = html;
             region.innerHTML = html;
+            announce(region);
           }
           setStatus(region, "");
           if (region.querySelector("[data-final]")) finish(region);
@@ -57,6 +71,9 @@
         });
     }
 
+    var status = region.querySelector("[data-task-status]");
+    var announcer = document.querySelector('[data-announce="' + region.id + '"]');
+    if (status && announcer) announcer.setAttribute("data-last", "Task " + status.textContent.trim());
     if (region.querySelector("[data-final]")) finish(region);
     else again();
   }
