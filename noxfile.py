@@ -1,5 +1,8 @@
 """Developer tasks. `nox -s tests` is what the README and CI run."""
 
+import os
+import shutil
+
 import nox
 
 nox.options.default_venv_backend = "venv"
@@ -13,9 +16,24 @@ def install_project(session: nox.Session) -> None:
     session.install("-e", "tests/plugin_example", "--no-deps")
 
 
+def ensure_chromium(session: nox.Session) -> None:
+    """The dashboard's browser tests drive Debian's Chromium (Playwright's own download is
+    not used: machines here may not reach it)."""
+    if shutil.which("chromium"):
+        return
+    if shutil.which("apt-get") and os.geteuid() == 0:
+        session.run("apt-get", "update", "-q", external=True)
+        session.run(
+            "apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium", external=True
+        )
+    else:
+        session.warn("chromium is missing and cannot be installed here: browser tests will fail")
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """The whole test suite, in parallel; PostgreSQL tests fail (never skip) without a server."""
+    ensure_chromium(session)
     install_project(session)
     session.run("pytest", "-n", "auto", "--dist", "loadgroup", *session.posargs)
 

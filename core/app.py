@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 from litestar import Litestar, Request, Response, Router
 from litestar.datastructures import State
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, SerializationException
 from litestar.logging import LoggingConfig
 from litestar.openapi import OpenAPIConfig
 
@@ -50,28 +50,30 @@ _NAMED_FIELD = re.compile(r"(?:missing required|unknown) field `([^`]+)`")
 
 
 def _field_of(item: dict) -> str | None:
-    """Litestar reports a missing or unknown top-level field under the key "data"; the
-    field's real name is in msgspec's message."""
+    """Litestar reports a missing or unknown field under its parent's key ("data" for the
+    body itself); the field's own name is in msgspec's message."""
     key, match = item.get("key"), _NAMED_FIELD.search(str(item.get("message", "")))
-    if match and key in (None, "data"):
-        return match.group(1)
-    return key
+    if match is None:
+        return key
+    return match.group(1) if key in (None, "data") else f"{key}.{match.group(1)}"
 
 
 def _http_error(_: Request, exc: HTTPException) -> Response:
-    """Litestar's own errors in our envelope; a body that is not JSON says so."""
-    detail = exc.detail
-    if exc.status_code == 400 and "JSON" in detail and not exc.extra:
-        detail = "the request body is not valid JSON"
+    """Litestar's own errors in our envelope, each naming its field."""
+    if isinstance(exc.__cause__, SerializationException):
+        detail = f"the request body is not valid JSON: {exc.detail}"
         return _error_response(400, detail, [ErrorDetail(key="body", message=detail)])
     extra = [
         ErrorDetail(key=_field_of(item), message=str(item.get("message")))
         for item in (exc.extra if isinstance(exc.extra, list) else ())
         if isinstance(item, dict)
     ]
+    status, detail = exc.status_code, exc.detail
     if extra:  # lead with the fields, not with "Validation failed for POST /api/v1"
         detail = "; ".join(f"{e.key}: {e.message}" if e.key else e.message for e in extra)
-    return _error_response(exc.status_code, detail, extra)
+        if status == 400 and all((e.key or "").startswith("params.") for e in extra):
+            status = 422  # a parameter's value, as on the seed route: the shape was fine
+    return _error_response(status, detail, extra)
 
 
 def create_app(

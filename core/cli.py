@@ -171,6 +171,39 @@ def workflows_check(obj: Context, as_json: bool) -> None:
 
 
 @cli.command()
+@click.option("--server", "server_url", help="The running server [PUBLIC_URL or host:port].")
+@click.option("--key", envvar="COMFYUI_SERVER_KEY", help="API key [COMFYUI_SERVER_KEY].")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def endpoints(obj: Context, server_url: str | None, key: str | None, as_json: bool) -> None:
+    """Ask the running server about its ComfyUI endpoints."""
+    import httpx
+
+    base = (server_url or obj.settings.base_url).rstrip("/") + obj.settings.route_prefix
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    try:
+        response = httpx.get(base + "/endpoints", headers=headers, timeout=10, trust_env=False)
+    except httpx.HTTPError as exc:
+        raise click.ClickException(f"cannot reach {base}: {exc}") from None
+    if response.status_code != 200:
+        raise click.ClickException(f"{base}/endpoints: HTTP {response.status_code} {response.text}")
+    found = response.json()
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    rows = [("NAME", "STATUS", "QUEUE", "IN FLIGHT", "NODES", "WORKFLOWS", "LAST ERROR")] + [
+        (
+            e["name"], e["status"], str(e["queue_remaining"]), f"{e['in_flight']}/{e['capacity']}",
+            "-" if e["node_classes"] is None else str(e["node_classes"]),
+            "-" if e["workflows"] is None else ", ".join(e["workflows"]) or "none",
+            e["last_error"] or "-",
+        )
+        for e in found
+    ]
+    click.echo(_table(rows))
+
+
+@cli.command()
 @click.option("--host", help="Listen address [SERVICE_HOST].")
 @click.option("--port", type=int, help="Listen port [SERVICE_PORT].")
 @click.pass_obj
@@ -242,4 +275,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(2)
     context.pm.hook.register_commands(cli=cli)
-    cli.main(args=argv, obj=context, prog_name="comfyui-server")
+    try:
+        cli.main(args=argv, obj=context, prog_name="comfyui-server")
+    except ComfyServerError as exc:  # a bad workflow file or setting met while running
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)

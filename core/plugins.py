@@ -80,7 +80,7 @@ def _check_unique(entry_points: Iterable[tuple[metadata.EntryPoint, metadata.Dis
         if ep.name in owners:
             raise PluginValidationError(
                 f"plugin name {ep.name!r} is declared by both {owners[ep.name]!r} and "
-                f"{dist_name!r}; uninstall one, or disable it with DISABLED_PLUGINS"
+                f"{dist_name!r}; uninstall one of them"
             )
         owners[ep.name] = dist_name
 

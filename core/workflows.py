@@ -105,7 +105,9 @@ class Workflow(msgspec.Struct, frozen=True, kw_only=True):
                 spec = tomllib.loads(toml_file.read_text(encoding="utf-8"))
             except (OSError, ValueError) as exc:
                 raise WorkflowError(f"{toml_file}: {exc}") from exc
-        return cls.from_data(name, graph, spec, source=str(json_file))
+        _check_graph(graph, str(json_file))  # graph errors name the JSON, spec errors the TOML
+        where = f"{toml_file}" if spec is not None else str(json_file)
+        return cls.from_data(name, graph, spec, source=where)
 
     @classmethod
     def from_data(

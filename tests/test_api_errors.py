@@ -52,9 +52,17 @@ def test_non_json_body_is_a_400_naming_the_body(server):
         server.api, content=b"{not json", headers={"content-type": "application/json"}
     )
     assert response.status_code == 400
-    assert response.json()["extra"] == [
-        {"key": "body", "message": "the request body is not valid JSON"}
-    ]
+    (item,) = response.json()["extra"]
+    assert item["key"] == "body"
+    assert item["message"].startswith("the request body is not valid JSON")
+
+
+def test_truncated_json_body_is_named_too(server):
+    response = httpx.post(
+        server.api, content=b'{"service_type": "bl', headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert response.json()["extra"][0]["key"] == "body"
 
 
 def test_unknown_task_is_a_404_naming_it(server):

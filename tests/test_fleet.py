@@ -130,3 +130,55 @@ def test_deadline_on_a_hanging_prompt_interrupts_and_times_out(comfyui_emulator,
     wait_until(lambda: record["comfyui_task_id"] in comfyui_emulator.history)
     messages = comfyui_emulator.history[record["comfyui_task_id"]]["status"]["messages"]
     assert messages[-1][0] == "execution_interrupted"
+
+
+def test_endpoints_added_and_removed_at_run_time(comfyui_emulator_factory, server_factory):
+    a, b = comfyui_emulator_factory(), comfyui_emulator_factory(node_time=0.2)
+    server = server_factory([a])
+    added = httpx.post(server.api + "/endpoints", json={"url": f"{b.address}?weight=2"})
+    assert added.status_code == 201
+    assert added.json()["weight"] == 2
+    assert httpx.post(server.api + "/endpoints", json={"url": b.address}).status_code == 409
+    assert httpx.post(server.api + "/endpoints", json={"url": "ftp://x"}).json()["extra"][0]["key"] == "url"
+    wait_until(lambda: all(e["status"] == "up" for e in httpx.get(server.api + "/endpoints").json()))
+    listed = {e["name"]: e for e in httpx.get(server.api + "/endpoints").json()}
+    assert "blank" in listed[b.address]["workflows"]
+    assert "text2img" not in listed[b.address]["workflows"]
+    # a task running on b when b is removed finishes; nothing new goes there
+    b.hang()
+    ids = [submit(server, {"color": i, "width": 8, "height": 8})["id"] for i in range(6)]
+    wait_until(lambda: len(b.prompts_received) >= 1)
+    removing = httpx.delete(f"{server.api}/endpoints/{b.address}")
+    assert removing.status_code == 202 and removing.json()["status"] == "draining"
+    sent_to_b = len(b.prompts_received)
+    b.hang(False)
+    records = [wait_final(server.api, i) for i in ids]
+    assert {r["status"] for r in records} == {"completed"}
+    assert len(b.prompts_received) == sent_to_b
+    wait_until(lambda: [e["name"] for e in httpx.get(server.api + "/endpoints").json()] == [a.address])
+
+
+def test_endpoint_management_needs_an_admin_key(comfyui_emulator, server_factory):
+    server = server_factory(
+        [comfyui_emulator],
+        env={"API_KEYS": "user:user-secret-0000000", "ADMIN_API_KEYS": "root:root-secret-000000"},
+        wait_up=False,
+    )
+    user = {"authorization": "Bearer user-secret-0000000"}
+    root = {"authorization": "Bearer root-secret-000000"}
+    assert httpx.get(server.api + "/endpoints", headers=user).status_code == 200
+    refused = httpx.post(server.api + "/endpoints", json={"url": "127.0.0.1:9"}, headers=user)
+    assert refused.status_code == 403
+    assert httpx.post(server.api + "/endpoints", json={"url": "127.0.0.1:9"}, headers=root).status_code == 201
+
+
+def test_a_slow_endpoint_gets_less_work(comfyui_emulator_factory, server_factory):
+    fast = [comfyui_emulator_factory(node_time=0.05) for _ in range(2)]
+    slow = comfyui_emulator_factory(node_time=0.15)
+    server = server_factory([*fast, slow], env={"MAX_IN_FLIGHT_PER_ENDPOINT": "1"})
+    ids = [submit(server, {"color": i, "width": 8, "height": 8})["id"] for i in range(35)]
+    records = [wait_final(server.api, i, timeout=60) for i in ids]
+    counts = Counter(r["endpoint"] for r in records)
+    # three times slower: about a seventh of the work (5 of 35) against 15 for each fast one
+    assert counts[slow.address] <= 8, counts
+    assert all(counts[f.address] >= 12 for f in fast), counts

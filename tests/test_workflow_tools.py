@@ -32,8 +32,13 @@ def test_typed_route_is_documented_and_submits(comfyui_emulator, server_factory)
     assert response.status_code == 200
     assert wait_final(server.api, response.json()["id"])["status"] == "completed"
     bad = httpx.post(server.api + "/workflows/blank/tasks", json={"params": {"width": 0}})
-    assert bad.status_code == 400
+    assert bad.status_code == 422  # a value, as on the seed route
     assert bad.json()["extra"][0]["key"] == "params.width"
+    missing = httpx.post(server.api + "/workflows/invert/tasks", json={"params": {}})
+    assert missing.status_code == 422
+    assert missing.json()["extra"][0]["key"] == "params.image"
+    shape = httpx.post(server.api + "/workflows/blank/tasks", json={"params": []})
+    assert shape.status_code == 400 and shape.json()["extra"][0]["key"] == "params"
 
 
 @pytest.mark.parametrize("export", EXPORTS, ids=lambda p: p.stem)

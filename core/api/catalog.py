@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from litestar import Controller, Response, get
-from litestar.datastructures import State
-from litestar.params import FromPath
+import logging
 
+from litestar import Controller, Response, delete, get, post
+from litestar.datastructures import State
+from litestar.params import FromPath, JSONBody
+
+from ..auth import require_admin
 from ..errors import RequestError
+from ..models import EndpointState
 from ..workflows import Workflow
-from .schemas import EndpointInfo, ParamInfo, WorkflowInfo
+from .schemas import EndpointInfo, EndpointRequest, ParamInfo, WorkflowInfo
+
+log = logging.getLogger(__name__)
 
 
 def workflow_info(workflow: Workflow, plugin: str) -> WorkflowInfo:
@@ -52,24 +58,57 @@ class WorkflowController(Controller):
         return workflow_info(workflow, registry.owner(name))
 
 
+def endpoint_info(state: EndpointState, registry) -> EndpointInfo:
+    runnable = None
+    if state.node_classes is not None:
+        runnable = [w.name for w in registry if state.can_run(w.node_classes)]
+    return EndpointInfo(
+        name=state.name,
+        url=state.url,
+        status=state.status,
+        queue_remaining=state.queue_remaining,
+        in_flight=state.in_flight,
+        capacity=state.capacity,
+        weight=state.weight,
+        node_classes=len(state.node_classes) if state.node_classes is not None else None,
+        workflows=runnable,
+        last_error=state.last_error,
+    )
+
+
 class EndpointController(Controller):
+    """The fleet. Changes apply to this process until restart (COMFYUI_ENDPOINTS is read
+    again then); they need an admin key when keys are configured."""
+
     path = "/endpoints"
     tags = ["endpoints"]
 
     @get("", operation_id="listEndpoints", summary="ComfyUI endpoints and their state")
     async def list_endpoints(self, state: State) -> list[EndpointInfo]:
-        return [
-            EndpointInfo(
-                name=s.name,
-                url=s.url,
-                status=s.status,
-                queue_remaining=s.queue_remaining,
-                in_flight=s.in_flight,
-                capacity=s.capacity,
-                last_error=s.last_error,
-            )
-            for s in state.engine.fleet.states()
-        ]
+        engine = state.engine
+        return [endpoint_info(s, engine.workflows) for s in engine.fleet.states()]
+
+    @post("", operation_id="addEndpoint", summary="Add a ComfyUI endpoint", status_code=201,
+          guards=[require_admin])
+    async def add_endpoint(self, data: JSONBody[EndpointRequest], state: State) -> EndpointInfo:
+        engine = state.engine
+        try:
+            monitor = engine.fleet.add(data.url)
+        except ValueError as exc:
+            status = 409 if "twice" in str(exc) else 422
+            raise RequestError(f"url: {exc}", field="url", status_code=status) from None
+        return endpoint_info(monitor.state(), engine.workflows)
+
+    @delete("/{name:str}", operation_id="removeEndpoint", status_code=202,
+            summary="Drain and remove an endpoint", guards=[require_admin])
+    async def remove_endpoint(self, name: FromPath[str], state: State) -> EndpointInfo:
+        engine = state.engine
+        monitor = engine.fleet.get(name)
+        if monitor is None:
+            raise RequestError(f"no endpoint named {name!r}", field="name", status_code=404)
+        engine.fleet.drain(name)
+        engine.spawn(engine.fleet.remove(name))
+        return endpoint_info(monitor.state(), engine.workflows)
 
 
 @get("/health", operation_id="health", tags=["operations"], summary="Liveness")
@@ -79,7 +118,16 @@ async def health() -> dict[str, str]:
 
 @get("/ready", operation_id="ready", tags=["operations"], summary="Readiness")
 async def ready(state: State) -> Response[dict]:
-    """Ready when at least one endpoint is up: otherwise tasks would only queue."""
-    up = [s.name for s in state.engine.fleet.states() if s.status == "up"]
-    body = {"status": "ready" if up else "not ready", "endpoints_up": up}
-    return Response(body, status_code=200 if up else 503)
+    """Ready when the task store answers and at least one endpoint is up: otherwise tasks
+    would only queue (or not even be recorded)."""
+    engine = state.engine
+    up = [s.name for s in engine.fleet.states() if s.status == "up"]
+    try:
+        await engine.store.count_queued()
+        store_ok = True
+    except Exception:  # any failure of the store means "not ready"; the reason is logged
+        log.exception("readiness: the task store did not answer")
+        store_ok = False
+    ok = bool(up) and store_ok
+    body = {"status": "ready" if ok else "not ready", "endpoints_up": up, "store": store_ok}
+    return Response(body, status_code=200 if ok else 503)

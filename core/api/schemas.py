@@ -55,7 +55,19 @@ class EndpointInfo(msgspec.Struct, kw_only=True):
     queue_remaining: int
     in_flight: int
     capacity: int
+    weight: float
+    node_classes: int | None
+    """How many node classes the endpoint offers (None until it has connected once)."""
+    workflows: list[str] | None
+    """The deployed workflows it can run."""
     last_error: str | None
+
+
+class EndpointRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    url: Annotated[
+        str,
+        msgspec.Meta(min_length=1, description="`host:port` or a URL, optionally `?weight=N`."),
+    ]
 
 
 class TaskEventInfo(msgspec.Struct, kw_only=True):

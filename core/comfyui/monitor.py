@@ -55,6 +55,7 @@ class EndpointMonitor:
         on_change: Callable[[], None],
         on_started: Callable[[str], None],
         on_progress: Callable[[str, str | None, int | None, int | None], None] | None = None,
+        weight: float = 1.0,
         grace_period: float = 30.0,
         reconcile_interval: float = 5.0,
         reconnect_max_delay: float = 5.0,
@@ -72,7 +73,11 @@ class EndpointMonitor:
         self.queue_remaining = 0
         self.node_classes: frozenset[str] | None = None
         self.last_error: str | None = None
+        self.weight = weight
+        self.draining = False
+        """Set when the endpoint is being removed: no new work, the rest finishes."""
         self.watches: dict[str, Watch] = {}
+        self._ws = None
         self._down_since: float | None = None
         self._tasks: list[asyncio.Task] = []
 
@@ -86,10 +91,11 @@ class EndpointMonitor:
         return EndpointState(
             name=self.client.name,
             url=self.client.url,
-            status=self.status,
+            status="draining" if self.draining else self.status,
             queue_remaining=self.queue_remaining,
             in_flight=len(self.watches),
             capacity=self.capacity,
+            weight=self.weight,
             node_classes=self.node_classes,
             last_error=self.last_error,
         )
@@ -143,16 +149,18 @@ class EndpointMonitor:
                     ping_timeout=20,
                     max_size=None,
                 ) as ws:
+                    self._ws = ws
                     await self._on_connected()
                     delay = 0.05
                     async for message in ws:
                         if isinstance(message, str):
                             self._handle(message)
-                self._set_status("down", "websocket closed by ComfyUI")
+                self._set_status("down", "websocket closed")
             except asyncio.CancelledError:
                 raise
             except (OSError, TimeoutError, WebSocketException, EndpointUnavailable) as exc:
                 self._set_status("down", f"{type(exc).__name__}: {exc}")
+            self._ws = None
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.reconnect_max_delay)
 
@@ -206,9 +214,13 @@ class EndpointMonitor:
                             watch.resolve("lost")
                 continue
             try:
+                await self.client.system_stats()  # HTTP can fail while the socket lives on
                 await self.reconcile()
             except EndpointUnavailable as exc:
-                log.info("endpoint %s: reconcile failed: %s", self.name, exc)
+                log.warning("endpoint %s: probe failed, reconnecting: %s", self.name, exc)
+                self._set_status("down", str(exc))
+                if self._ws is not None:
+                    await self._ws.close()
 
     async def reconcile(self) -> None:
         """Settle watched prompts from /history and /queue, for events we may have missed."""

@@ -291,7 +291,7 @@ class Engine:
         delay = max(0.0, (task.deadline - utcnow()).total_seconds())
         loop = asyncio.get_running_loop()
         self._timers[task.id] = loop.call_later(
-            delay, lambda: self._spawn(self._deadline_passed(task.id))
+            delay, lambda: self.spawn(self._deadline_passed(task.id))
         )
 
     async def _deadline_passed(self, task_id: int) -> None:
@@ -381,7 +381,7 @@ class Engine:
             dispatched_at=utcnow(),
         )
         attempt = self._track(task, monitor, monitor.reserve(task.comfyui_task_id))
-        self._spawn(self._run(attempt, fresh=True))
+        self.spawn(self._run(attempt, fresh=True))
         return True
 
     def _track(self, task: Task, monitor: EndpointMonitor, watch: Watch) -> Attempt:
@@ -390,7 +390,8 @@ class Engine:
         self._by_prompt[watch.prompt_id] = attempt
         return attempt
 
-    def _spawn(self, coro: Any) -> None:
+    def spawn(self, coro: Any) -> None:
+        """Run `coro` in the background; shutdown cancels it with the engine's own work."""
         run = asyncio.create_task(coro)
         self._runs.add(run)
         run.add_done_callback(self._runs.discard)
@@ -409,7 +410,7 @@ class Engine:
         progress = TaskProgress(task_id=attempt.task.id, node=node, value=value, max=maximum)
         self.feed.publish(attempt.task.id, progress)
         if self.pm.hook.on_progress.get_hookimpls():
-            self._spawn(
+            self.spawn(
                 call_all(self.pm.hook.on_progress, isolate=True, task=attempt.task, progress=progress)
             )
 
@@ -602,7 +603,7 @@ class Engine:
             watch = monitor.reserve(task.comfyui_task_id)
             watch.submitted = True  # we cannot know; reconcile settles it either way
             log.info("task %s: resuming prompt %s on %s", task.id, watch.prompt_id, monitor.name)
-            self._spawn(self._run(self._track(task, monitor, watch), fresh=False))
+            self.spawn(self._run(self._track(task, monitor, watch), fresh=False))
 
 
 def _last_outcome(messages: list) -> tuple[str, dict]:
