@@ -94,7 +94,7 @@ def test_unsigned_headers_still_carry_id_and_timestamp():
 
 @pytest.mark.parametrize("bad", ["not base64!", "whsec_c2hvcnQ=", ""])
 def test_a_bad_secret_names_the_variable(bad):
-    with pytest.raises(ConfigError, match="^WEBHOOK_SECRET"):
+    with pytest.raises(ConfigError, match=r"^WEBHOOK_SECRET"):
         secret_key(bad)
 
 

@@ -10,13 +10,15 @@ from typing import Any
 
 
 class Delivery:
-    __slots__ = ("body", "headers", "path", "received_at")
+    __slots__ = ("body", "headers", "path", "received_at", "wall_time")
 
     def __init__(self, path: str, headers: dict[str, str], body: bytes) -> None:
         self.path = path
         self.headers = headers
         self.body = body
         self.received_at = time.monotonic()
+        self.wall_time = time.time()
+        """Unix time of arrival, to compare with times in task records."""
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -38,15 +40,22 @@ class WebhookReceiver:
         self.deliveries: list[Delivery] = []
         self._answered_before = 0
         """Deliveries that came before the current `statuses` were set."""
+        self.in_flight = 0
+        self.max_in_flight = 0
+        """Most requests ever handled at once (a sender's concurrency limit shows here)."""
         self._cond = threading.Condition()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                with receiver._cond:
+                    receiver.in_flight += 1
+                    receiver.max_in_flight = max(receiver.max_in_flight, receiver.in_flight)
                 if receiver.delay:
                     time.sleep(receiver.delay)
                 with receiver._cond:
+                    receiver.in_flight -= 1
                     index = len(receiver.deliveries) - receiver._answered_before
                     status = receiver.statuses[min(index, len(receiver.statuses) - 1)]
                     headers = dict(receiver.headers)
