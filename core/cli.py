@@ -170,6 +170,35 @@ def workflows_check(obj: Context, as_json: bool) -> None:
     click.echo(_table(rows))
 
 
+@cli.group()
+def tasks() -> None:
+    """Work on recorded tasks."""
+
+
+@tasks.command("retry-storage")
+@click.pass_obj
+def tasks_retry_storage(obj: Context) -> None:
+    """Store the outputs kept in the fallback folder, then clean their records and files."""
+    import asyncio
+
+    from .plugin_context import started_plugins
+    from .storage_retry import retry_storage
+
+    async def run():
+        async with started_plugins(obj.settings, obj.pm) as store:
+            return await retry_storage(store, obj.pm, obj.settings.failed_path)
+
+    report = asyncio.run(run())
+    click.echo(
+        f"stored {report.files_stored} file(s); {len(report.tasks_fixed)} task(s) clean"
+        + (f": {', '.join(map(str, report.tasks_fixed))}" if report.tasks_fixed else "")
+    )
+    for failure in report.failures:
+        click.echo(f"still failing: {failure}", err=True)
+    if report.failures:
+        sys.exit(1)
+
+
 @cli.command()
 @click.option("--server", "server_url", help="The running server [PUBLIC_URL or host:port].")
 @click.option("--key", envvar="COMFYUI_SERVER_KEY", help="API key [COMFYUI_SERVER_KEY].")
