@@ -9,7 +9,7 @@ from typing import Annotated
 import msgspec
 
 from litestar import Controller, Request, Response, delete, get, post
-from litestar.params import FromPath, JSONBody, Parameter
+from litestar.params import JSONBody, Parameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from ..auth import caller
@@ -17,6 +17,7 @@ from ..errors import RequestError
 from ..models import Task, TaskStatus
 from ..store import TaskQuery
 from ..records import TaskRecord, render_task
+from .params import TaskId
 from .schemas import SubmitRequest, TaskEventInfo
 
 
@@ -134,7 +135,7 @@ class TaskController(Controller):
 
     @get("/{task_id:int}", operation_id="getTask", summary="One task's record")
     async def get_task(
-        self, task_id: FromPath[int], request: Request, wait: WaitParam = 0.0
+        self, task_id: TaskId, request: Request, wait: WaitParam = 0.0
     ) -> Response[TaskRecord]:
         return await waited(request, await visible_task(request, task_id), wait, 200)
 
@@ -142,7 +143,7 @@ class TaskController(Controller):
         "/{task_id:int}/events", operation_id="streamTaskEvents",
         summary="Server-Sent Events: state changes and progress, then the final record",
     )
-    async def events(self, task_id: FromPath[int], request: Request) -> ServerSentEvent:
+    async def events(self, task_id: TaskId, request: Request) -> ServerSentEvent:
         task = await visible_task(request, task_id)
         pm = request.app.state.pm
 
@@ -202,13 +203,13 @@ class TaskController(Controller):
     @delete(
         "/{task_id:int}", operation_id="cancelTask", status_code=200, summary="Cancel a task"
     )
-    async def cancel_task(self, task_id: FromPath[int], request: Request) -> TaskRecord:
+    async def cancel_task(self, task_id: TaskId, request: Request) -> TaskRecord:
         await visible_task(request, task_id)
         task = await request.app.state.engine.cancel(task_id)
         return await render_task(task, request.app.state.pm)
 
     @get("/{task_id:int}/flow", operation_id="getTaskFlow", summary="A task's recorded steps")
-    async def flow(self, task_id: FromPath[int], request: Request) -> list[TaskEventInfo]:
+    async def flow(self, task_id: TaskId, request: Request) -> list[TaskEventInfo]:
         await visible_task(request, task_id)
         state = request.app.state
         return [

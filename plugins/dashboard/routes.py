@@ -8,18 +8,19 @@ signed-in key unless the API itself is open; a key sees its own tasks, an admin 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlencode, urlsplit
 
 from comfyui_server.core import RequestError, Task
 from comfyui_server.core.models import utcnow
+from comfyui_server.core.api.params import TaskId
 from comfyui_server.core.records import output_record, render_task
 from comfyui_server.core.store import TaskQuery
 from litestar import Request, Response, Router, get, post
 from litestar.connection import ASGIConnection
 from litestar.datastructures import CacheControlHeader
 from litestar.handlers import BaseRouteHandler
-from litestar.params import FromPath, FromQuery
+from litestar.params import FromPath, FromQuery, PathParameter
 from litestar.response import File, Redirect
 from litestar.static_files import create_static_files_router
 
@@ -262,7 +263,7 @@ async def _task_live_context(dashboard: DashboardState, task: Task) -> dict[str,
 
 
 @get("/tasks/{task_id:int}")
-async def task_page(request: Request, task_id: FromPath[int]) -> Response:
+async def task_page(request: Request, task_id: TaskId) -> Response:
     task = await visible_task(request, task_id)
     workflow = of(request).engine.workflows.get(task.workflow)
     return html(
@@ -275,13 +276,13 @@ async def task_page(request: Request, task_id: FromPath[int]) -> Response:
 
 
 @get("/tasks/{task_id:int}/live", opt={"fragment": True})
-async def task_live(request: Request, task_id: FromPath[int]) -> Response:
+async def task_live(request: Request, task_id: TaskId) -> Response:
     task = await visible_task(request, task_id)
     return html("task_live.html", **await _task_live_context(of(request), task))
 
 
 @post("/tasks/{task_id:int}/cancel", status_code=303)
-async def cancel(request: Request, task_id: FromPath[int]) -> Response:
+async def cancel(request: Request, task_id: TaskId) -> Response:
     await visible_task(request, task_id)
     try:
         await of(request).engine.cancel(task_id)
@@ -292,7 +293,7 @@ async def cancel(request: Request, task_id: FromPath[int]) -> Response:
 
 
 @get("/thumbs/{task_id:int}/{index:int}", opt={"fragment": True})
-async def thumbnail(request: Request, task_id: FromPath[int], index: FromPath[int]) -> Response:
+async def thumbnail(request: Request, task_id: TaskId, index: Annotated[int, PathParameter(ge=0, le=10_000)]) -> Response:
     task = await visible_task(request, task_id)
     if not 0 <= index < len(task.outputs):
         raise RequestError(f"task {task_id} has no output {index}", field="index", status_code=404)
