@@ -181,18 +181,27 @@ class WebhookDelivery(msgspec.Struct, frozen=True, kw_only=True):
     """
 
     id: str
+    """`msg_` and 32 hex digits; sent as `webhook-id`."""
     task_id: int
     event: str
+    """`task.completed`, `task.failed`, `task.cancelled` or `task.started`."""
     url: str
+    """The task's `client_callback_url` when the event happened."""
     body: bytes
+    """The JSON sent (the task record with `event`), the same bytes on every attempt."""
     status: DeliveryStatus = "pending"
+    """`pending` until a 2xx answer (`delivered`) or a final refusal or the end of the
+    retry window (`failed`)."""
     attempts: int = 0
+    """Attempts made and recorded so far."""
     last_status: int | None = None
     """HTTP status of the last attempt's answer (None: no answer)."""
     last_error: str | None = None
+    """Why the last attempt did not deliver (None after a 2xx)."""
     created_at: dt.datetime = msgspec.field(default_factory=utcnow)
     next_attempt_at: dt.datetime | None = None
     """When a pending delivery is due; None once it has ended."""
     expires_at: dt.datetime
     """No attempt starts after this (created_at + WEBHOOK_RETRY_WINDOW)."""
     finished_at: dt.datetime | None = None
+    """When it was delivered or given up."""

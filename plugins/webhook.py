@@ -71,7 +71,7 @@ LEASE_MARGIN = 10.0
 class WebhookSettings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     webhook_secret: tuple[str, ...] = ()
     """Signing secrets, base64 after an optional `whsec_` prefix; several (comma-separated)
-    sign with each, for rotation. None: deliveries are sent unsigned."""
+    sign with each, for rotation. Empty: deliveries are sent unsigned."""
     webhook_retry_window: Annotated[float, msgspec.Meta(gt=0)] = 86400.0
     """Seconds after the event during which a delivery is retried."""
     webhook_backoff_base: Annotated[float, msgspec.Meta(gt=0)] = 5.0
