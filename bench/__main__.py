@@ -43,6 +43,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--out", default="docs/benchmarks.md", help="the report to write")
     parser.add_argument("--quick", action="store_true", help="fewer tasks per case (smoke run)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="record the server with py-spy during case b and add the hotspots to the report",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder and logs")
     return parser.parse_args(argv)
 
@@ -76,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     logs = tmp / "logs"
     logs.mkdir()
     print(f"scratch folder and logs: {tmp}", file=sys.stderr)
-    ctx = Context(tmp=tmp, logs=logs, quick=args.quick)
+    ctx = Context(tmp=tmp, logs=logs, quick=args.quick, profile=args.profile)
     try:
         import uvloop
 

@@ -37,6 +37,18 @@ class HttpConnection:
         )
 
     async def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+        reused = self._writer is not None
+        try:
+            return await self._request(method, path, body)
+        except (asyncio.IncompleteReadError, ConnectionResetError) as exc:
+            # the server closed an idle keep-alive connection (uvicorn: after 5 s) before
+            # reading this request; nothing was processed, so one retry on a new one is safe
+            if not reused or getattr(exc, "partial", b""):
+                raise
+            await self.close()
+            return await self._request(method, path, body)
+
+    async def _request(self, method: str, path: str, body: bytes | None) -> tuple[int, bytes]:
         if self._writer is None:
             await self._connect()
         head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
@@ -108,6 +120,7 @@ class WebhookSink:
         body = await request.read()
         now = time.perf_counter()
         record = msgspec.json.decode(body)
+        record["_received_at"] = time.time()
         self.arrived[record["id"]] = (now, record)
         waiter = self._waiters.pop(record["id"], None)
         if waiter is not None and not waiter.done():
@@ -135,6 +148,28 @@ class WebhookSink:
 
     def clear(self) -> None:
         self.arrived.clear()
+
+
+def phases(records: list[dict]) -> dict[str, float]:
+    """Median milliseconds of each phase the server records in `timings`, plus `notify`:
+    from `finished_at` to the webhook's arrival (same host, same wall clock)."""
+    import datetime as dt
+    import statistics
+
+    values: dict[str, list[float]] = {}
+    for record in records:
+        for name, seconds in (record.get("timings") or {}).items():
+            if isinstance(seconds, int | float):
+                values.setdefault(name, []).append(seconds * 1000)
+        finished = record.get("finished_at")
+        if finished and "_received_at" in record:
+            at = dt.datetime.fromisoformat(finished.replace("Z", "+00:00")).timestamp()
+            values.setdefault("notify", []).append((record["_received_at"] - at) * 1000)
+    return {name: statistics.median(v) for name, v in values.items()}
+
+
+def describe_phases(records: list[dict]) -> str:
+    return ", ".join(f"{name} {ms:.1f}" for name, ms in phases(records).items())
 
 
 # ---- submissions ----------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from ..client import (
     WebhookSink,
     blank_graph,
     blank_prompt,
+    describe_phases,
     exec_ms,
     get_json,
     run_pool,
@@ -37,6 +38,7 @@ async def through_server(
 ) -> list[float]:
     conns = [HttpConnection(server.url) for _ in range(concurrency)]
     walls: dict[str, float] = {}
+    records: list[dict] = []
 
     async def job(i: int, worker: int) -> None:
         body = submission({"color": ctx.color()}, sink.url)
@@ -46,11 +48,13 @@ async def through_server(
         if record["status"] != "completed":
             raise RuntimeError(f"task {task['id']} ended {record['status']}: {record['error']}")
         walls[record["comfyui_task_id"]] = (t1 - t0) * 1000
+        records.append(record)
 
     await run_pool(count, concurrency, job)
     for conn in conns:
         await conn.close()
     history = await get_json(emulators.url(), "/history")
+    ctx.shared["records"] = records
     return [wall - exec_ms(history[pid]["status"]["messages"]) for pid, wall in walls.items()]
 
 
@@ -106,7 +110,8 @@ async def run(ctx: Context) -> CaseResult:
             result.notes.append(
                 f"Concurrency {concurrency}: {ours['n']} tasks through the server (mean overhead "
                 f"{ours['mean']:.1f} ms), {floor['n']} prompts straight to the emulator (mean "
-                f"{floor['mean']:.1f} ms); after {WARMUP} warm-up tasks each."
+                f"{floor['mean']:.1f} ms); after {WARMUP} warm-up tasks each. Median ms per "
+                f"phase, from the records' `timings`: {describe_phases(ctx.shared['records'])}."
             )
     finally:
         await sink.stop()

@@ -11,11 +11,13 @@ from ..client import (
     WebhookSink,
     blank_graph,
     blank_prompt,
+    describe_phases,
     run_pool,
     submission,
     submit,
 )
-from ..harness import Emulators, Server, scratch_postgres
+from ..harness import Emulators, Server, cpu_seconds, scratch_postgres
+from ..profile import Recorder, summarise
 from ..report import CaseResult, Context, Row
 
 ENDPOINTS = 4
@@ -31,8 +33,10 @@ def start_emulators(ctx: Context, label: str) -> list[Emulators]:
     ]
 
 
-async def through_server(ctx: Context, server: Server, count: int) -> tuple[float, float]:
-    """(tasks/s end to end, submissions/s) for a burst of `count` tasks."""
+async def through_server(
+    ctx: Context, server: Server, count: int
+) -> tuple[float, float, list[dict]]:
+    """(tasks/s end to end, submissions/s, records) for a burst of `count` tasks."""
     sink = await WebhookSink().start()
     conns = [HttpConnection(server.url) for _ in range(CONCURRENCY)]
 
@@ -52,7 +56,8 @@ async def through_server(ctx: Context, server: Server, count: int) -> tuple[floa
         for conn in conns:
             await conn.close()
         await sink.stop()
-    return count / (last - t0), count / (submitted - t0)
+    records = [r for _, r in sink.arrived.values()]
+    return count / (last - t0), count / (submitted - t0), records
 
 
 async def direct(ctx: Context, emulators: list[Emulators], count: int) -> float:
@@ -95,9 +100,11 @@ async def run(ctx: Context) -> CaseResult:
         try:
             if database == "PostgreSQL":
                 async with scratch_postgres() as url:
-                    rate, submitted = await _server_run(ctx, emulators, database, count, url)
+                    rate, submitted, records = await _server_run(
+                        ctx, emulators, database, count, url
+                    )
             else:
-                rate, submitted = await _server_run(ctx, emulators, database, count, None)
+                rate, submitted, records = await _server_run(ctx, emulators, database, count, None)
         finally:
             stop(emulators)
         target = TARGETS[database]
@@ -112,8 +119,17 @@ async def run(ctx: Context) -> CaseResult:
         )
         result.notes.append(
             f"{database}: {count} tasks in {count / rate:.1f} s from the first POST to the "
-            f"last webhook; the POSTs alone ran at {submitted:.0f} /s while tasks completed."
+            f"last webhook; the POSTs alone ran at {submitted:.0f} /s while tasks completed. "
+            f"Median ms per phase: {describe_phases(records)}. The server process used "
+            f"{ctx.shared['b_cpu'][database]:.2f} CPU cores on average meanwhile."
         )
+        if database in ctx.shared.get("b_profiles", {}):
+            result.notes.append(
+                f"py-spy profile of the server ({database}, samples holding the GIL):\n\n"
+                + "\n".join(
+                    "      " + line for line in ctx.shared["b_profiles"][database].splitlines()
+                )
+            )
     result.notes += [
         f"A burst of {count} `blank` tasks (new `color` each) from {CONCURRENCY} concurrent "
         "submitters, each with a webhook; throughput = tasks / (last webhook received - first "
@@ -131,7 +147,7 @@ async def run(ctx: Context) -> CaseResult:
 
 async def _server_run(
     ctx: Context, emulators: list[Emulators], label: str, count: int, database_url: str | None
-) -> tuple[float, float]:
+) -> tuple[float, float, list[dict]]:
     env = {"DATABASE_URL": database_url} if database_url else {}
     server = Server(
         ctx.logs,
@@ -142,6 +158,15 @@ async def _server_run(
     )
     try:
         await through_server(ctx, server, 100)  # warm-up
-        return await through_server(ctx, server, count)
+        recorder = (
+            Recorder(server.pid, ctx.logs / f"b-profile-{label}.txt") if ctx.profile else None
+        )
+        started, cpu0 = time.perf_counter(), cpu_seconds(server.pid)
+        outcome = await through_server(ctx, server, count)
+        cpu = (cpu_seconds(server.pid) - cpu0) / (time.perf_counter() - started)
+        ctx.shared.setdefault("b_cpu", {})[label] = cpu
+        if recorder is not None:
+            ctx.shared.setdefault("b_profiles", {})[label] = summarise(recorder.stop(), top=12)
+        return outcome
     finally:
         server.stop()
