@@ -51,13 +51,13 @@ from comfyui_server.core import (
     hookimpl,
     render_task,
 )
+from comfyui_server.core.api.params import TaskId
 from comfyui_server.core.api.tasks import visible_task
 from comfyui_server.core.auth import authenticate
 from comfyui_server.core.models import TaskEvent, TaskProgress, WebhookDelivery, utcnow
 from comfyui_server.core.records import show_webhook_state
 from comfyui_server.core.urls import UrlPolicy
 from litestar import Request, Response, Router, get, post
-from litestar.params import FromPath
 
 log = logging.getLogger(__name__)
 
@@ -557,7 +557,7 @@ def _outbox_of(request: Request) -> Outbox:
     summary="Send the task's final webhook again, as a new delivery (new webhook-id)",
     tags=["webhooks"],
 )
-async def redeliver(task_id: FromPath[int], request: Request) -> Response[TaskRecord]:
+async def redeliver(task_id: TaskId, request: Request) -> Response[TaskRecord]:
     task = await visible_task(request, task_id)
     if not task.client_callback_url:
         raise RequestError(
@@ -582,7 +582,7 @@ async def redeliver(task_id: FromPath[int], request: Request) -> Response[TaskRe
     summary="Every webhook delivery of a task, oldest first",
     tags=["webhooks"],
 )
-async def deliveries(task_id: FromPath[int], request: Request) -> list[DeliveryInfo]:
+async def deliveries(task_id: TaskId, request: Request) -> list[DeliveryInfo]:
     await visible_task(request, task_id)
     found = await _outbox_of(request).store.task_deliveries(task_id)
     return [
