@@ -49,6 +49,8 @@ def lint(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks; writes docs/benchmarks.md."""
     install_project(session)
+    if "--profile" in session.posargs:
+        session.install("py-spy")
     session.run("python", "-m", "bench", *session.posargs)
 
 
