@@ -269,11 +269,15 @@ async def test_list_tasks_filters_newest_first_with_a_cursor(store):
     page2 = await store.list_tasks(TaskQuery(limit=3, before_id=page1[-1].id))
     assert [t.id for t in page1 + page2] == [t.id for t in reversed(made)][:6]
     assert {t.id for t in await store.list_tasks(TaskQuery(workflow="a"))} == {
-        made[1].id, made[3].id, made[5].id}
+        made[1].id,
+        made[3].id,
+        made[5].id,
+    }
     assert [t.id for t in await store.list_tasks(TaskQuery(status="completed"))] == [made[1].id]
     assert [t.id for t in await store.list_tasks(TaskQuery(error_code=2))] == [made[3].id]
     assert {t.id for t in await store.list_tasks(TaskQuery(client="k2"))} == {
-        t.id for t in made[4:]}
+        t.id for t in made[4:]
+    }
     since = await store.list_tasks(TaskQuery(since=base + dt.timedelta(minutes=5)))
     assert [t.id for t in since] == [made[6].id, made[5].id]
 
@@ -344,8 +348,7 @@ async def test_pending_deliveries_are_due_unheld_and_soonest_first(store):
         await store.add_delivery(delivery)
     assert await store.pending_deliveries(now, 10) == [sooner, soon]
     assert await store.pending_deliveries(now, 1) == [sooner]
-    assert await store.pending_deliveries(now + dt.timedelta(hours=2), 10) == [
-        sooner, soon, later]
+    assert await store.pending_deliveries(now + dt.timedelta(hours=2), 10) == [sooner, soon, later]
     assert await store.claim_delivery(sooner.id, "a", 60) == sooner
     assert await store.pending_deliveries(now, 10) == [soon]
 
@@ -403,8 +406,13 @@ async def test_save_delivery_records_the_attempt_and_lets_go(store):
     assert await store.claim_delivery(delivery.id, "b", 60) == retried
     finished = utcnow()
     done = replace(
-        retried, status="delivered", attempts=2, last_status=200, last_error=None,
-        next_attempt_at=None, finished_at=finished,
+        retried,
+        status="delivered",
+        attempts=2,
+        last_status=200,
+        last_error=None,
+        next_attempt_at=None,
+        finished_at=finished,
     )
     assert await store.save_delivery(done, "b")
     assert await store.get_delivery(delivery.id) == done
