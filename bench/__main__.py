@@ -33,6 +33,11 @@ websocket), with no comfyui-server in between. The server runs as its own proces
 generator and webhook receiver in the bench process, so none of them shares the server's
 GIL. All of them share the machine's cores, as they would on one host. Timings are never
 used by the test suite; a missed target is reported here, not failed.
+
+On a 2-core machine shared by all these processes, figures move by 10-30 % from one run to
+the next; compare runs, not digits. `--profile` (`nox -s bench -- --profile`) records the
+server with py-spy during case b and adds its hotspots below; `--quick` is a smoke run;
+`--cases a,c` runs a subset.
 """
 
 

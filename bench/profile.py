@@ -68,7 +68,12 @@ def _short(frame: str, keep_line: bool) -> str:
     return f"{match['func']} ({path}{line})"
 
 
+OWN_CODE = ("core/", "plugins/", "workflows/")
+"""Frames of comfyui-server itself (paths relative to the repository)."""
+
+
 def summarise(path: Path, top: int = 20) -> str:
+    """Self time by line, and inclusive time by function of comfyui-server's own code."""
     own: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
     total = 0
@@ -81,11 +86,12 @@ def summarise(path: Path, top: int = 20) -> str:
         frames = stack.split(";")
         own[_short(frames[-1], keep_line=True)] += n
         for name in {_short(f, keep_line=False) for f in frames}:
-            inclusive[name] += n
+            if name.split("(", 1)[-1].startswith(OWN_CODE):
+                inclusive[name] += n
     lines = [f"{total} samples", "", "self:"]
     lines += [f"{100 * n / total:5.1f}%  {name}" for name, n in own.most_common(top)]
-    lines += ["", "inclusive:"]
-    lines += [f"{100 * n / total:5.1f}%  {name}" for name, n in inclusive.most_common(top * 2)]
+    lines += ["", "inclusive, comfyui-server's own functions:"]
+    lines += [f"{100 * n / total:5.1f}%  {name}" for name, n in inclusive.most_common(top)]
     return "\n".join(lines)
 
 
