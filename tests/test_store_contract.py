@@ -378,9 +378,9 @@ async def test_an_expired_lease_lets_another_owner_claim(store):
     (task,) = await add(store, 1)
     delivery = new_delivery(task)
     await store.add_delivery(delivery)
-    assert await store.claim_delivery(delivery.id, "dead", 0.05) == delivery
+    assert await store.claim_delivery(delivery.id, "dead", 0.5) == delivery
     assert await store.claim_delivery(delivery.id, "b", 60) is None
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.6)
     assert await store.pending_deliveries(utcnow(), 10) == [delivery]
     assert await store.claim_delivery(delivery.id, "b", 60) == delivery
     # the first owner's late outcome is refused: "b" holds it now
@@ -394,7 +394,7 @@ async def test_save_delivery_records_the_attempt_and_lets_go(store):
     await store.add_delivery(delivery)
     assert not await store.save_delivery(replace(delivery, attempts=1), "a")  # not claimed
     claimed = await store.claim_delivery(delivery.id, "a", 60)
-    retry_at = utcnow() + dt.timedelta(milliseconds=100)
+    retry_at = utcnow() + dt.timedelta(milliseconds=500)
     retried = replace(
         claimed, attempts=1, last_status=503, last_error="HTTP 503", next_attempt_at=retry_at
     )
@@ -402,7 +402,7 @@ async def test_save_delivery_records_the_attempt_and_lets_go(store):
     assert await store.get_delivery(delivery.id) == retried
     assert not await store.save_delivery(retried, "a")  # the claim is gone
     assert await store.claim_delivery(delivery.id, "b", 60) is None  # not due yet
-    await asyncio.sleep(0.15)
+    await asyncio.sleep(0.6)
     assert await store.claim_delivery(delivery.id, "b", 60) == retried
     finished = utcnow()
     done = replace(

@@ -101,7 +101,7 @@ def test_a_receiver_failing_forever_ends_failed_after_the_window_and_the_task_st
     assert webhook["status"] == "failed"
     assert webhook["attempts"] >= 4 and webhook["last_status"] == 500
     assert "retry window" in webhook["last_error"]
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 10
     count = len(receiver.deliveries)
     assert count == webhook["attempts"]
     time.sleep(0.6)
