@@ -74,7 +74,7 @@ async def store(artifact: Artifact, task: Task) -> StoredOutput | None:
             size += len(chunk)
             yield chunk
 
-    await obstore.put_async(_state.store, key, counted())
+    await obstore.put_async(_state.store, key, counted(), max_concurrency=2)
     return StoredOutput(key=key, size=size, storage=STORAGE)
 
 

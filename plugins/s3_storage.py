@@ -94,6 +94,9 @@ class S3Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     """Default: virtual-hosted for AWS, path-style when S3_ENDPOINT_URL is set."""
     s3_multipart_chunk: Annotated[int, msgspec.Meta(ge=MIN_PART)] = MIN_PART
     """Part size; larger files go up in parts of this size, smaller ones in one PUT."""
+    s3_max_concurrency: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
+    """Parts of one file in flight at once. Each holds a part in memory, so memory per
+    upload is about this times S3_MULTIPART_CHUNK; 2 keeps a large output near 10 MB."""
     s3_connect_timeout: Annotated[float, msgspec.Meta(gt=0)] = 5.0
     s3_retry_timeout: Annotated[float, msgspec.Meta(gt=0)] = 30.0
     """Seconds one request keeps retrying before the output goes to the fallback folder
@@ -239,6 +242,7 @@ class Bucket:
             attributes=attributes,
             use_multipart=True,
             chunk_size=part_size,
+            max_concurrency=self.settings.s3_max_concurrency,
         )
         return size
 

@@ -155,7 +155,8 @@ async def test_two_store_instances_never_claim_the_same_task(
     )
     claimed = [task_id for ids in results for task_id in ids]
     assert sorted(claimed) == [t.id for t in tasks]
-    assert results[0] + results[2] and results[1] + results[3], "both replicas should win some"
+    if backend == "postgres":  # SQLite serialises writers: one may drain the queue alone
+        assert results[0] + results[2] and results[1] + results[3], "both should win some"
 
 
 async def test_count_queued_counts_claimed_and_unclaimed_queued_tasks(store):

@@ -14,7 +14,13 @@ class SubmitRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     params: dict[str, Any] = msgspec.field(default_factory=dict)
     client_task_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
     client_callback_url: Annotated[str, msgspec.Meta(min_length=1, max_length=2000)] | None = None
-    timeout: Annotated[float, msgspec.Meta(gt=0, description="Seconds before TIMEOUT.")] | None = None
+    timeout: (
+        Annotated[
+            float,
+            msgspec.Meta(gt=0, le=30 * 86400, description="Seconds before TIMEOUT (at most 30 days)."),
+        ]
+        | None
+    ) = None
     callback_events: (
         Annotated[
             list[str],

@@ -87,6 +87,7 @@ def _route(workflow: Workflow, prefix: str) -> ControllerRouterHandler:
             client_task_id=data.client_task_id,
             client_callback_url=data.client_callback_url,
             timeout=data.timeout,
+            callback_events=data.callback_events,
         )
         return await submit_task(submission, request, wait)
 

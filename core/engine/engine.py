@@ -505,6 +505,9 @@ class Engine:
             raise Stopped(attempt.stop)
         if outcome == "lost":
             raise EndpointLost(f"{attempt.task.endpoint} lost prompt {watch.prompt_id}")
+        # ComfyUI is done with it: give the slot to the next task while we collect, store
+        # and notify (that reads /history and /view, never ComfyUI's queue)
+        attempt.monitor.release(watch.prompt_id)
 
     async def _collect(self, attempt: Attempt) -> None:
         task, client = attempt.task, attempt.monitor.client

@@ -135,7 +135,7 @@ class OutputCollector:
                 yield chunk
 
         try:
-            await obstore.put_async(self._fallback_store, path, counted())
+            await obstore.put_async(self._fallback_store, path, counted(), max_concurrency=2)
         except Exception as exc:
             log.error("task %s: fallback write failed for %s: %r", task.id, path, exc)
             code = ErrorCode.RETRIEVE_IMAGE_ERROR if isinstance(exc, DownloadFailed) else ErrorCode.S3_UPLOAD_ERROR
