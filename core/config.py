@@ -55,6 +55,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
     """Largest accepted image parameter, decoded."""
     image_fetch_timeout: float = 15.0
     """Seconds to download an image parameter given as a URL."""
+    replica_id: str | None = None
+    """This replica's name among those sharing one database; default `hostname:SERVICE_PORT`,
+    stable across restarts so a restarted replica takes its own tasks back at once."""
+    replica_timeout: typing.Annotated[float, msgspec.Meta(ge=2)] = 10.0
+    """Seconds without a heartbeat after which a replica counts as dead and the others
+    adopt its dispatched and running tasks."""
     api_keys: tuple[str, ...] = ()
     """Client keys, comma-separated `name:secret` (secret of 16+ characters). None set and no
     API_KEYS_FILE: the API is open to anyone who can reach it."""

@@ -80,7 +80,21 @@ class TaskStore(Protocol):
         ...
 
     async def unfinished(self) -> list[Task]:
-        """Every task not in a final state, for recovery at start."""
+        """Every task not in a final state."""
+        ...
+
+    async def heartbeat(self, owner: str) -> None:
+        """`owner` (a replica) is alive now."""
+        ...
+
+    async def retire(self, owner: str) -> None:
+        """`owner` stops cleanly: its tasks may be adopted at once."""
+        ...
+
+    async def adopt(self, owner: str, stale_after: float, *, own: bool = False) -> list[Task]:
+        """Hand `owner` the dispatched and running tasks of replicas not seen for
+        `stale_after` seconds; each task goes to one adopter only. With `own` (at start),
+        also those it held in an earlier life, and release its old queue claims."""
         ...
 
     async def count_queued(self) -> int:
@@ -150,6 +164,8 @@ class MemoryTaskStore:
         self._tasks: dict[int, Task] = {}
         self._by_client: dict[str, int] = {}
         self._events: dict[int, list[TaskEvent]] = {}
+        self._owners: dict[int, str] = {}
+        """Who claimed each task: in one process that is one engine at a time."""
         self._queued: dict[int, None] = {}
         """Queued, unclaimed ids in id order (a dict is an ordered set)."""
         self._ids = itertools.count(1)
@@ -198,6 +214,7 @@ class MemoryTaskStore:
         ids = list(itertools.islice(self._queued, limit))
         for task_id in ids:
             del self._queued[task_id]
+            self._owners[task_id] = owner
         return [self._tasks[task_id] for task_id in ids]
 
     async def release(self, task_ids: list[int]) -> None:
@@ -212,6 +229,21 @@ class MemoryTaskStore:
 
     async def count_queued(self) -> int:
         return sum(1 for t in self._tasks.values() if t.status == "queued")
+
+    async def heartbeat(self, owner: str) -> None:
+        return None
+
+    async def retire(self, owner: str) -> None:
+        return None
+
+    async def adopt(self, owner: str, stale_after: float, *, own: bool = False) -> list[Task]:
+        adopted = []
+        for task in self._tasks.values():
+            holder = self._owners.get(task.id)
+            if task.status in ("dispatched", "running") and (holder != owner or own):
+                self._owners[task.id] = owner
+                adopted.append(task)
+        return adopted
 
     async def list_tasks(self, query: TaskQuery) -> list[Task]:
         found = []

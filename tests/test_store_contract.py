@@ -457,3 +457,28 @@ async def test_two_store_instances_never_claim_the_same_delivery(
     )
     claimed = [d for won in results for d in won]
     assert sorted(claimed) == sorted(d.id for d in deliveries)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_only_a_dead_replicas_tasks_are_adopted_and_by_one_replica(
+    backend, make_db_url, task_store_factory
+):
+    url = make_db_url(backend)
+    a, b = await task_store_factory(url), await task_store_factory(url)
+    tasks = await add(a, 4)
+    claimed = await a.claim("replica-a", 4)
+    for task in claimed[:3]:
+        await a.save(replace(task, status="dispatched"))
+    for name in ("replica-a", "replica-b", "replica-c"):  # replicas beat before they adopt
+        await a.heartbeat(name)
+    assert await b.adopt("replica-b", stale_after=60) == []  # a is alive: hands off
+    await a.retire("replica-a")
+    adopted = await asyncio.gather(
+        b.adopt("replica-b", stale_after=60), a.adopt("replica-c", stale_after=60)
+    )
+    ids = sorted(t.id for found in adopted for t in found)
+    assert ids == [t.id for t in tasks[:3]]  # each dispatched task once, the queued one never
+    # after a restart a replica takes its own back at once, even while others live
+    winner = "replica-b" if adopted[0] else "replica-c"
+    again = await b.adopt(winner, stale_after=60, own=True)
+    assert sorted(t.id for t in again) == ids

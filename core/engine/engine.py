@@ -12,6 +12,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import logging
+import socket
 import uuid
 from typing import Any
 
@@ -110,7 +111,7 @@ class Engine:
         self.store = store
         self.workflows = workflows
         self.http = http
-        self.owner = uuid.uuid4().hex
+        self.owner = settings.replica_id or f"{socket.gethostname()}:{settings.service_port}"
         self.url_policy = UrlPolicy(settings.url_allowlist)
         self.fleet = Fleet(
             settings.comfyui_endpoints,
@@ -131,22 +132,26 @@ class Engine:
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self._stopped: set[int] = set()
         """Queued tasks ended by cancel/deadline; a claim that races them skips them."""
-        self._loop_task: asyncio.Task | None = None
+        self._loop_tasks: list[asyncio.Task] = []
 
     # ---- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
         self.fleet.start()
+        await self.store.heartbeat(self.owner)
         await self._recover()
-        self._loop_task = asyncio.create_task(self._dispatch_loop(), name="dispatcher")
+        self._loop_tasks = [
+            asyncio.create_task(self._dispatch_loop(), name="dispatcher"),
+            asyncio.create_task(self._replica_loop(), name="replica"),
+        ]
 
     async def stop(self) -> None:
         """Stop taking work. Running tasks stay recoverable: they are saved as dispatched or
         running, and the next start resumes them from ComfyUI's history."""
-        if self._loop_task:
-            self._loop_task.cancel()
+        for loop_task in self._loop_tasks:
+            loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+                await loop_task
         for timer in self._timers.values():
             timer.cancel()
         runs = list(self._runs)
@@ -154,6 +159,8 @@ class Engine:
             run.cancel()
         await asyncio.gather(*runs, return_exceptions=True)
         await self.fleet.close()
+        with contextlib.suppress(Exception):  # a store already gone: the timeout covers it
+            await self.store.retire(self.owner)
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -593,11 +600,29 @@ class Engine:
     # ---- recovery -----------------------------------------------------------------------
 
     async def _recover(self) -> None:
-        """Resume what a previous run left: dispatched and running tasks are watched again
-        on their endpoint (history tells whether they finished); the rest is queued."""
+        """At start: re-arm deadlines, and resume this replica's tasks from an earlier life
+        and those of dead replicas."""
         for task in await self.store.unfinished():
             self._arm_deadline(task)
-            if task.status in ("accepted", "queued"):
+        await self._adopt(own=True)
+
+    async def _replica_loop(self) -> None:
+        """Say we are alive; take over what dead replicas left running."""
+        interval = self.settings.replica_timeout / 4
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.store.heartbeat(self.owner)
+                await self._adopt(own=False)
+            except Exception:
+                log.exception("replica heartbeat failed; retrying")
+
+    async def _adopt(self, *, own: bool) -> None:
+        """Watch adopted prompts again on their endpoint: history tells whether they
+        finished (then their outputs are collected, never run twice), else they run again."""
+        adopted = await self.store.adopt(self.owner, self.settings.replica_timeout, own=own)
+        for task in adopted:
+            if task.id in self._attempts:
                 continue
             monitor = self.fleet.get(task.endpoint)
             if monitor is None or task.comfyui_task_id is None:

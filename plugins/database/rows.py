@@ -119,13 +119,15 @@ def insert_values(task: Task) -> tuple[Any, ...]:
 
 # The request (workflow, params, client ids, key, hash, created_at) is fixed at create: save writes
 # only the state, so a large params blob (base64 images) is written once, not at every step.
-# A task that stays queued keeps its claim; one that leaves the queue or re-enters it loses it.
+# A task that stays queued keeps its claim; one that re-enters the queue or ends loses it.
+# A dispatched or running task stays with the replica that claimed it (see `adopt`).
 UPDATE_STATE = f"""
     UPDATE {TASK_TABLE} SET
         status = $2, comfyui_task_id = $3, endpoint = $4, attempts = $5, outputs = $6,
         inputs = $7, error_code = $8, error = $9, s3_key = $10, comfy_filepath = $11,
         dispatched_at = $12, started_at = $13, finished_at = $14, timings = $15,
-        owner = CASE WHEN status = 'queued' AND $2 = 'queued' THEN owner END,
+        owner = CASE WHEN $2 IN ('dispatched', 'running')
+                          OR (status = 'queued' AND $2 = 'queued') THEN owner END,
         claimed_at = CASE WHEN status = 'queued' AND $2 = 'queued' THEN claimed_at END
     WHERE id = $1"""
 

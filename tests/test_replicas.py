@@ -1,0 +1,101 @@
+"""Several server processes on one database, and processes that die: tasks run once each,
+and none is lost."""
+
+import signal
+from collections import Counter
+
+import httpx
+import pytest
+from fixtures_app import wait_final, wait_until
+
+from comfyui_server.core.testing.receiver import WebhookReceiver
+from comfyui_server.core.testing.server import ServerProcess
+
+
+def settings(emulators, db_url, tmp_path, name, **extra):
+    return {
+        "COMFYUI_ENDPOINTS": ",".join(e.address for e in emulators),
+        "DATABASE_URL": db_url,
+        "DATA_DIR": str(tmp_path / name),
+        "COMFYUI_CLEANUP": "off",
+        "URL_ALLOWLIST": "127.0.0.1",
+        "REPLICA_TIMEOUT": "2",
+        **extra,
+    }
+
+
+def submit(api, i, **extra):
+    response = httpx.post(api, json={"service_type": "blank", "params": {"color": i}, **extra})
+    assert response.status_code == 200, response.text
+    return response.json()["id"]
+
+
+def executions(emulators) -> Counter:
+    """How many times each prompt ran to the end, over every emulator."""
+    runs = Counter()
+    for emulator in emulators:
+        for prompt_id, entry in emulator.history.items():
+            if entry["status"]["status_str"] == "success":
+                runs[prompt_id] += 1
+    return runs
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+def test_two_replicas_share_100_tasks_and_run_each_once(
+    backend, make_db_url, comfyui_emulator_factory, tmp_path
+):
+    emulators = [comfyui_emulator_factory(node_time=0.02) for _ in range(2)]
+    db_url = make_db_url(backend)
+    with ServerProcess(settings(emulators, db_url, tmp_path, "a")) as one:
+        ids = [submit(one.api, i) for i in range(50)]
+        # the second replica starts while the first has work in flight: it must not take it
+        with ServerProcess(settings(emulators, db_url, tmp_path, "b")) as two:
+            ids += [submit(two.api, 50 + i) for i in range(50)]
+            records = [wait_final(two.api, i, timeout=90) for i in ids]
+    assert {r["status"] for r in records} == {"completed"}
+    runs = executions(emulators)
+    assert sum(runs.values()) == 100, "a task ran twice, or one never ran"
+    assert all(runs[r["comfyui_task_id"]] == 1 for r in records)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_sigkill_mid_run_then_restart_finishes_everything_once(
+    backend, make_db_url, comfyui_emulator_factory, tmp_path
+):
+    emulators = [comfyui_emulator_factory(node_time=0.02) for _ in range(2)]
+    env = settings(emulators, make_db_url(backend), tmp_path, "one",
+                   MAX_IN_FLIGHT_PER_ENDPOINT="3", WEBHOOK_BACKOFF_BASE="0.1")
+    with WebhookReceiver() as receiver:
+        server = ServerProcess(env).start()
+        ids = [submit(server.api, i, client_callback_url=receiver.url) for i in range(100)]
+        wait_until(lambda: 10 <= sum(len(e.history) for e in emulators))
+        server.signal(signal.SIGKILL)
+        server.wait(10)
+        assert sum(len(e.history) for e in emulators) < 100, "the kill came too late"
+        with ServerProcess(env, port=server.port) as again:
+            records = [wait_final(again.api, i, timeout=90) for i in ids]
+            receiver.wait_for(100, timeout=60)
+    assert {r["status"] for r in records} == {"completed"}
+    runs = executions(emulators)
+    assert sum(runs.values()) == 100, "a finished prompt ran again, or a task never ran"
+    delivered = Counter(d.json()["id"] for d in receiver.deliveries)
+    assert set(delivered) == set(ids)
+
+
+def test_a_dead_replicas_tasks_are_adopted_by_a_live_one(make_db_url, comfyui_emulator_factory,
+                                                         tmp_path):
+    emulators = [comfyui_emulator_factory(node_time=0.1)]
+    db_url = make_db_url("postgres")
+    survivor = ServerProcess(settings(emulators, db_url, tmp_path, "survivor")).start()
+    doomed = ServerProcess(settings(emulators, db_url, tmp_path, "doomed")).start()
+    try:
+        ids = [submit(doomed.api, i) for i in range(10)]
+        wait_until(lambda: any(
+            httpx.get(f"{doomed.api}/tasks/{i}").json()["status"] == "running" for i in ids))
+        doomed.signal(signal.SIGKILL)
+        doomed.wait(10)
+        records = [wait_final(survivor.api, i, timeout=60) for i in ids]
+    finally:
+        survivor.stop()
+    assert {r["status"] for r in records} == {"completed"}
+    assert sum(executions(emulators).values()) == 10
