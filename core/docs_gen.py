@@ -79,6 +79,8 @@ SEE_ALSO = {
     "local_storage": "../storage.md",
     "s3_storage": "../storage.md",
     "database": "../database.md",
+    "webhook": "../webhooks.md",
+    "dashboard": "../dashboard.md",
 }
 
 
