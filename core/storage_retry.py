@@ -89,7 +89,7 @@ async def _retry_task(task: Task, store: TaskStore, pm, folder: LocalStore, repo
     )
     event = TaskEvent(task_id=task.id, status="completed",
                       detail=f"retry-storage stored {len(stored_keys)} fallback file(s)")
-    await store.save(fixed, event)
+    await store.save(fixed, event, force=True)  # a failed task becomes completed
     await call_all(pm.hook.on_task_event, isolate=True, task=fixed, event=event)
     for key in stored_keys:
         await obstore.delete_async(folder, key)

@@ -65,8 +65,11 @@ class TaskStore(Protocol):
 
     async def find(self, client_task_id: str) -> Task | None: ...
 
-    async def save(self, task: Task, event: TaskEvent | None = None) -> None:
-        """Persist the task's new state (and the step that led to it) atomically."""
+    async def save(self, task: Task, event: TaskEvent | None = None, *, force: bool = False) -> bool:
+        """Persist the task's new state (and the step that led to it) atomically. A task
+        that has ended stays ended: False, and nothing written, unless `force` (for tools
+        that repair records, such as retry-storage). Only the state is written; the request
+        (workflow, params, client ids, key) is fixed at create."""
         ...
 
     async def events(self, task_id: int) -> list[TaskEvent]: ...
@@ -197,15 +200,18 @@ class MemoryTaskStore:
         task_id = self._by_client.get(client_task_id)
         return None if task_id is None else self._tasks[task_id]
 
-    async def save(self, task: Task, event: TaskEvent | None = None) -> None:
+    async def save(self, task: Task, event: TaskEvent | None = None, *, force: bool = False) -> bool:
         previous = self._tasks.get(task.id)
+        if previous is None or (previous.is_final and not force):
+            return False
         self._tasks[task.id] = task
         if task.status != "queued":
             self._queued.pop(task.id, None)
-        elif previous is None or previous.status != "queued":
+        elif previous.status != "queued":
             self._queued[task.id] = None
         if event is not None:
             self._events[task.id].append(event)
+        return True
 
     async def events(self, task_id: int) -> list[TaskEvent]:
         return list(self._events.get(task_id, ()))

@@ -482,3 +482,14 @@ async def test_only_a_dead_replicas_tasks_are_adopted_and_by_one_replica(
     winner = "replica-b" if adopted[0] else "replica-c"
     again = await b.adopt(winner, stale_after=60, own=True)
     assert sorted(t.id for t in again) == ids
+
+
+async def test_an_ended_task_stays_ended_unless_forced(store):
+    (task,) = await add(store, 1)
+    assert await store.save(replace(task, status="cancelled"), TaskEvent(task_id=task.id, status="cancelled"))
+    late = replace(task, status="completed", error_code=0)
+    assert not await store.save(late, TaskEvent(task_id=task.id, status="completed"))
+    assert (await store.get(task.id)).status == "cancelled"
+    assert [e.status for e in await store.events(task.id)] == ["accepted", "queued", "cancelled"]
+    assert await store.save(late, force=True)
+    assert (await store.get(task.id)).status == "completed"

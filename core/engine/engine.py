@@ -558,11 +558,15 @@ class Engine:
     async def _step(self, attempt: Attempt, status: TaskStatus) -> None:
         await self._record(attempt.task, status)
 
-    async def _record(self, task: Task, status: TaskStatus, detail: str | None = None) -> None:
+    async def _record(self, task: Task, status: TaskStatus, detail: str | None = None) -> bool:
+        """Save the step; False when the task had already ended (cancelled or timed out by
+        another replica): then nothing is written and nobody is told."""
         event = TaskEvent(task_id=task.id, status=status, endpoint=task.endpoint, detail=detail)
-        await self.store.save(task, event)
+        if not await self.store.save(task, event):
+            return False
         self.feed.publish(task.id, task)
         await call_all(self.pm.hook.on_task_event, isolate=True, task=task, event=event)
+        return True
 
     async def _retry_or_fail(self, task: Task, reason: str) -> None:
         if task.attempts >= self.settings.max_attempts:
@@ -587,7 +591,9 @@ class Engine:
         task = msgspec.structs.replace(
             task, status=status, error_code=int(code), error=message, finished_at=utcnow()
         )
-        await self._record(task, status, message)
+        if not await self._record(task, status, message):
+            log.info("task %s had already ended elsewhere; %s not recorded", task.id, status)
+            return await self.store.get(task.id) or task
         log.info("task %s %s (error_code %s)%s", task.id, status, int(code),
                  f": {message}" if message else "")
         result = TaskResult(

@@ -78,7 +78,9 @@ class SqlTaskStore(Outbox, ABC):
         """Whether `exc` is the unique index on client_task_id refusing a row."""
 
     @abstractmethod
-    async def save(self, task: Task, event: TaskEvent | None = None) -> None: ...
+    async def save(
+        self, task: Task, event: TaskEvent | None = None, *, force: bool = False
+    ) -> bool: ...
 
     @abstractmethod
     async def claim(self, owner: str, limit: int) -> list[Task]: ...

@@ -39,10 +39,18 @@ _CREATE = f"""
     )
     SELECT id FROM task"""
 
-_SAVE_WITH_EVENT = f"""
-    WITH task AS ({rows.UPDATE_STATE} RETURNING id)
+def _save_with_event(update: str) -> str:
+    return f"""
+    WITH task AS ({update} RETURNING id)
     INSERT INTO {rows.EVENT_TABLE} ({", ".join(rows.EVENT_COLUMNS)})
-    SELECT id, $16, $17, $18, $19 FROM task"""
+    SELECT id, $16, $17, $18, $19 FROM task RETURNING task_id"""
+
+
+_SAVE = {
+    False: (rows.UPDATE_STATE + rows.NOT_ENDED + " RETURNING id",
+            _save_with_event(rows.UPDATE_STATE + rows.NOT_ENDED)),
+    True: (rows.UPDATE_STATE + " RETURNING id", _save_with_event(rows.UPDATE_STATE)),
+}
 
 _CLAIM = f"""
     WITH picked AS (
@@ -126,16 +134,16 @@ class PostgresTaskStore(SqlTaskStore):
             and exc.constraint_name == rows.UNIQUE_CLIENT_TASK_ID
         )
 
-    async def save(self, task: Task, event: TaskEvent | None = None) -> None:
+    async def save(self, task: Task, event: TaskEvent | None = None, *, force: bool = False) -> bool:
+        plain, with_event = _SAVE[force]
         async with self.pool.acquire() as conn:
             if event is None:
-                await conn.execute(rows.UPDATE_STATE, *rows.state_values(task))
+                found = await conn.fetch(plain, *rows.state_values(task))
             else:
-                await conn.execute(
-                    _SAVE_WITH_EVENT,
-                    *rows.state_values(task),
-                    *rows.event_values(task.id, event)[1:],
+                found = await conn.fetch(
+                    with_event, *rows.state_values(task), *rows.event_values(task.id, event)[1:]
                 )
+        return bool(found)
 
     async def _write(self, sql: str, *args: Any) -> list[Any]:
         async with self.pool.acquire() as conn:

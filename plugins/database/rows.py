@@ -131,6 +131,9 @@ UPDATE_STATE = f"""
         claimed_at = CASE WHEN status = 'queued' AND $2 = 'queued' THEN claimed_at END
     WHERE id = $1"""
 
+# An ended task stays ended: a second replica (or a late attempt) cannot overwrite it.
+NOT_ENDED = " AND status NOT IN ('completed', 'failed', 'cancelled')"
+
 
 def state_values(task: Task) -> tuple[Any, ...]:
     """Values for UPDATE_STATE ($1 .. $15)."""

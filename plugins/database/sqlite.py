@@ -145,13 +145,15 @@ class SQLiteTaskStore(SqlTaskStore):
     def _is_duplicate(self, exc: Exception) -> bool:
         return isinstance(exc, sqlite3.IntegrityError) and "client_task_id" in str(exc)
 
-    async def save(self, task: Task, event: TaskEvent | None = None) -> None:
+    async def save(self, task: Task, event: TaskEvent | None = None, *, force: bool = False) -> bool:
+        update = rows.UPDATE_STATE + ("" if force else rows.NOT_ENDED) + " RETURNING id"
         if event is None:
-            await self._write(rows.UPDATE_STATE, *rows.state_values(task))
-            return
+            return bool(await self._write(update, *rows.state_values(task)))
         async with self._transaction() as conn:
-            await conn.execute(rows.UPDATE_STATE, *rows.state_values(task))
+            if not await conn.fetch(update, *rows.state_values(task)):
+                return False
             await conn.execute(rows.INSERT_EVENT, *rows.event_values(task.id, event))
+        return True
 
     async def claim(self, owner: str, limit: int) -> list[Task]:
         now = dt.datetime.now(dt.UTC)
