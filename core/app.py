@@ -7,7 +7,6 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import httpx
 from litestar import Litestar, Request, Response, Router
@@ -95,7 +94,8 @@ def create_app(
         if keyring.open:
             log.warning(
                 "no API key is configured (API_KEYS, ADMIN_API_KEYS, API_KEYS_FILE): "
-                "anyone who can reach %s can submit and read every task", settings.base_url
+                "anyone who can reach %s can submit and read every task",
+                settings.base_url,
             )
         await store.open()
         # keep-alive for every connection in use at once (each endpoint's prompts, history,
@@ -129,7 +129,11 @@ def create_app(
     api = Router(
         path=settings.route_prefix,
         route_handlers=[
-            SeedSubmitController, TaskController, WorkflowController, EndpointController, *typed,
+            SeedSubmitController,
+            TaskController,
+            WorkflowController,
+            EndpointController,
+            *typed,
         ],
         guards=[authenticate],
     )

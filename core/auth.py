@@ -86,7 +86,8 @@ class Keyring:
         if scheme.lower() != "bearer" or not secret:
             raise RequestError(
                 "missing API key: send 'Authorization: Bearer <key>'",
-                field="authorization", status_code=401,
+                field="authorization",
+                status_code=401,
             )
         wanted = digest(secret.strip())
         for known, key in self.by_digest.items():
@@ -112,7 +113,9 @@ class RateLimited(RequestError):
     def __init__(self, retry_after: float) -> None:
         super().__init__(
             f"rate limit of this key exceeded; retry in {retry_after:.1f} s",
-            field="authorization", status_code=429, retry_after=retry_after,
+            field="authorization",
+            status_code=429,
+            retry_after=retry_after,
         )
 
 

@@ -18,8 +18,8 @@ import click
 import msgspec
 
 from .config import ConfigError, Settings, get_settings
-from .logs import configure as configure_logging
 from .errors import ComfyServerError
+from .logs import configure as configure_logging
 from .plugins import PluginManager, create_plugin_manager
 from .workflows import collect_workflows
 
@@ -33,7 +33,10 @@ class Context(msgspec.Struct):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
-    "--disable", "disabled", multiple=True, metavar="NAME",
+    "--disable",
+    "disabled",
+    multiple=True,
+    metavar="NAME",
     help="Do not load this plugin (repeatable); adds to DISABLED_PLUGINS.",
 )
 @click.option("--env-file", default=".env", show_default=True, help="Read settings from this file.")
@@ -106,10 +109,19 @@ def workflows(ctx: click.Context, as_json: bool) -> None:
 
 @workflows.command("new")
 @click.argument("name")
-@click.option("--from", "export", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="The workflow exported from ComfyUI with 'Export (API)'.")
-@click.option("--dir", "folder", type=click.Path(file_okay=False),
-              help="Where to write NAME.json and NAME.toml [WORKFLOWS_DIR].")
+@click.option(
+    "--from",
+    "export",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="The workflow exported from ComfyUI with 'Export (API)'.",
+)
+@click.option(
+    "--dir",
+    "folder",
+    type=click.Path(file_okay=False),
+    help="Where to write NAME.json and NAME.toml [WORKFLOWS_DIR].",
+)
 @click.option("--all-params", is_flag=True, help="Write every candidate param uncommented.")
 @click.option("--force", is_flag=True, help="Overwrite existing files.")
 @click.pass_obj
@@ -222,7 +234,10 @@ def endpoints(obj: Context, server_url: str | None, key: str | None, as_json: bo
         return
     rows = [("NAME", "STATUS", "QUEUE", "IN FLIGHT", "NODES", "WORKFLOWS", "LAST ERROR")] + [
         (
-            e["name"], e["status"], str(e["queue_remaining"]), f"{e['in_flight']}/{e['capacity']}",
+            e["name"],
+            e["status"],
+            str(e["queue_remaining"]),
+            f"{e['in_flight']}/{e['capacity']}",
             "-" if e["node_classes"] is None else str(e["node_classes"]),
             "-" if e["workflows"] is None else ", ".join(e["workflows"]) or "none",
             e["last_error"] or "-",
@@ -245,7 +260,8 @@ def serve(obj: Context, host: str | None, port: int | None) -> None:
     settings = obj.settings
     if host or port:
         settings = msgspec.structs.replace(
-            settings, service_host=host or settings.service_host,
+            settings,
+            service_host=host or settings.service_host,
             service_port=port or settings.service_port,
         )
     configure_logging(settings.log_level, settings.log_format)
@@ -254,16 +270,25 @@ def serve(obj: Context, host: str | None, port: int | None) -> None:
         "comfyui-server on %s (API under %s)", settings.base_url, settings.route_prefix
     )
     uvicorn.run(
-        app, host=settings.service_host, port=settings.service_port,
-        log_level=settings.log_level.lower(), access_log=False, log_config=None,
+        app,
+        host=settings.service_host,
+        port=settings.service_port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        log_config=None,
     )
 
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8188, show_default=True, type=int)
-@click.option("--node-time", default=0.0, show_default=True, type=float,
-              help="Seconds each executed node takes.")
+@click.option(
+    "--node-time",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Seconds each executed node takes.",
+)
 @click.option("--base-dir", type=click.Path(file_okay=False), help="input/output/temp live here.")
 def emulate(host: str, port: int, node_time: float, base_dir: str | None) -> None:
     """Run a ComfyUI emulator (model-free nodes, real HTTP and websocket), for trying the
@@ -271,7 +296,10 @@ def emulate(host: str, port: int, node_time: float, base_dir: str | None) -> Non
     from .testing.emulator import run_emulator
 
     run_emulator(
-        host=host, port=port, node_time=node_time, base_dir=base_dir,
+        host=host,
+        port=port,
+        node_time=node_time,
+        base_dir=base_dir,
         on_started=lambda emulator: click.echo(f"ComfyUI emulator on {emulator.url}"),
     )
 

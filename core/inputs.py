@@ -76,16 +76,15 @@ async def fetch_image(
     try:
         for _ in range(MAX_REDIRECTS + 1):
             await policy.check(url, field)
-            async with http.stream(
-                "GET", url, follow_redirects=False, timeout=timeout
-            ) as response:
+            async with http.stream("GET", url, follow_redirects=False, timeout=timeout) as response:
                 if response.is_redirect:
                     url = str(response.url.join(response.headers["location"]))
                     continue
                 if response.status_code != 200:
                     raise RequestError(
                         f"{field}: {url} answered HTTP {response.status_code}",
-                        field=field, status_code=422,
+                        field=field,
+                        status_code=422,
                     )
                 data = bytearray()
                 async for chunk in response.aiter_bytes():
@@ -100,7 +99,9 @@ async def fetch_image(
             f"{field}: {url} did not answer within {timeout:g} s", field=field, status_code=422
         ) from None
     except httpx.HTTPError as exc:
-        raise RequestError(f"{field}: cannot fetch {url}: {exc}", field=field, status_code=422) from None
+        raise RequestError(
+            f"{field}: cannot fetch {url}: {exc}", field=field, status_code=422
+        ) from None
     kind = sniff_image(field, bytes(data))
     mime = {"jpg": "jpeg"}.get(kind, kind)
     return f"data:image/{mime};base64,{base64.b64encode(data).decode()}"

@@ -12,7 +12,9 @@ from typing import Any, Literal
 
 import msgspec
 
-TaskStatus = Literal["accepted", "queued", "dispatched", "running", "completed", "failed", "cancelled"]
+TaskStatus = Literal[
+    "accepted", "queued", "dispatched", "running", "completed", "failed", "cancelled"
+]
 FINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 EndpointStatus = Literal["connecting", "up", "down", "draining"]
 DeliveryStatus = Literal["pending", "delivered", "failed"]
@@ -109,6 +111,9 @@ class TaskResult(msgspec.Struct, frozen=True, kw_only=True):
     outputs: tuple[OutputRef, ...] = ()
     error_code: int = 0
     error: str | None = None
+    replayed: bool = False
+    """True when announced again after a crash cut the first announcement short: a
+    listener that already acted on this end (a delivery recorded) should not act twice."""
 
 
 class EndpointState(msgspec.Struct, frozen=True, kw_only=True):

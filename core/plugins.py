@@ -19,7 +19,9 @@ from .errors import PluginValidationError
 from .hookspecs import PROJECT
 
 OUR_DISTRIBUTION = "comfyui-server"
-REGISTRATION_HOOKS = frozenset({"register_workflows", "register_routes", "register_commands", "task_store"})
+REGISTRATION_HOOKS = frozenset(
+    {"register_workflows", "register_routes", "register_commands", "task_store"}
+)
 REQUIRED_HOOKS = ("schedule_endpoint", "build_prompt", "store")
 
 

@@ -127,8 +127,11 @@ async def render_task(task: Task, pm: Any, *, event: str | None = None) -> TaskR
         s3_key=first.key if first else None,
         client_callback_url=task.client_callback_url,
         comfyui_filepath=(
-            f"{first.subfolder}/{first.filename}" if first and first.subfolder
-            else first.filename if first else None
+            f"{first.subfolder}/{first.filename}"
+            if first and first.subfolder
+            else first.filename
+            if first
+            else None
         ),
         error_code=task.error_code,
         status=task.status,

@@ -79,16 +79,23 @@ async def _retry_task(task: Task, store: TaskStore, pm, folder: LocalStore, repo
             report.failures.append(f"task {task.id}: {output.key}: {exc}")
             return  # leave the task and its files as they were
         outputs.append(
-            msgspec.structs.replace(output, key=stored.key, size=stored.size,
-                                    storage=stored.storage, url=stored.url)
+            msgspec.structs.replace(
+                output, key=stored.key, size=stored.size, storage=stored.storage, url=stored.url
+            )
         )
         stored_keys.append(output.key)
     fixed = msgspec.structs.replace(
-        task, outputs=tuple(outputs), error_code=int(ErrorCode.SUCCESS), error=None,
+        task,
+        outputs=tuple(outputs),
+        error_code=int(ErrorCode.SUCCESS),
+        error=None,
         status="completed",
     )
-    event = TaskEvent(task_id=task.id, status="completed",
-                      detail=f"retry-storage stored {len(stored_keys)} fallback file(s)")
+    event = TaskEvent(
+        task_id=task.id,
+        status="completed",
+        detail=f"retry-storage stored {len(stored_keys)} fallback file(s)",
+    )
     await store.save(fixed, event, force=True)  # a failed task becomes completed
     await call_all(pm.hook.on_task_event, isolate=True, task=fixed, event=event)
     for key in stored_keys:

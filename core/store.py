@@ -65,7 +65,9 @@ class TaskStore(Protocol):
 
     async def find(self, client_task_id: str) -> Task | None: ...
 
-    async def save(self, task: Task, event: TaskEvent | None = None, *, force: bool = False) -> bool:
+    async def save(
+        self, task: Task, event: TaskEvent | None = None, *, force: bool = False
+    ) -> bool:
         """Persist the task's new state (and the step that led to it) atomically. A task
         that has ended stays ended: False, and nothing written, unless `force` (for tools
         that repair records, such as retry-storage). Only the state is written; the request
@@ -88,6 +90,15 @@ class TaskStore(Protocol):
 
     async def heartbeat(self, owner: str) -> None:
         """`owner` (a replica) is alive now."""
+        ...
+
+    async def mark_notified(self, task_id: int) -> None:
+        """The task's end was announced: on_result and notify ran."""
+        ...
+
+    async def claim_unnotified(self, stale_after: float, limit: int) -> list[Task]:
+        """Ended tasks whose end was never announced (the process died in between), ended
+        more than `stale_after` seconds ago; each is handed out once."""
         ...
 
     async def retire(self, owner: str) -> None:
@@ -167,6 +178,7 @@ class MemoryTaskStore:
         self._tasks: dict[int, Task] = {}
         self._by_client: dict[str, int] = {}
         self._events: dict[int, list[TaskEvent]] = {}
+        self._unnotified: set[int] = set()
         self._owners: dict[int, str] = {}
         """Who claimed each task: in one process that is one engine at a time."""
         self._queued: dict[int, None] = {}
@@ -200,7 +212,9 @@ class MemoryTaskStore:
         task_id = self._by_client.get(client_task_id)
         return None if task_id is None else self._tasks[task_id]
 
-    async def save(self, task: Task, event: TaskEvent | None = None, *, force: bool = False) -> bool:
+    async def save(
+        self, task: Task, event: TaskEvent | None = None, *, force: bool = False
+    ) -> bool:
         previous = self._tasks.get(task.id)
         if previous is None or (previous.is_final and not force):
             return False
@@ -209,6 +223,8 @@ class MemoryTaskStore:
             self._queued.pop(task.id, None)
         elif previous.status != "queued":
             self._queued[task.id] = None
+        if task.is_final and not previous.is_final:
+            self._unnotified.add(task.id)
         if event is not None:
             self._events[task.id].append(event)
         return True
@@ -238,6 +254,19 @@ class MemoryTaskStore:
 
     async def heartbeat(self, owner: str) -> None:
         return None
+
+    async def mark_notified(self, task_id: int) -> None:
+        self._unnotified.discard(task_id)
+
+    async def claim_unnotified(self, stale_after: float, limit: int) -> list[Task]:
+        cutoff = utcnow() - dt.timedelta(seconds=stale_after)
+        found = [
+            t
+            for t in (self._tasks[i] for i in sorted(self._unnotified))
+            if t.finished_at is not None and t.finished_at < cutoff
+        ][:limit]
+        self._unnotified.difference_update(t.id for t in found)
+        return found
 
     async def retire(self, owner: str) -> None:
         return None

@@ -23,7 +23,9 @@ import msgspec
 from .errors import ComfyServerError, RequestError
 
 ParamType = Literal["string", "integer", "number", "boolean", "image"]
-_PLACEHOLDER = re.compile(r"\$(?:(?P<name>[A-Za-z_][A-Za-z0-9_]*)|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)\})")
+_PLACEHOLDER = re.compile(
+    r"\$(?:(?P<name>[A-Za-z_][A-Za-z0-9_]*)|\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)\})"
+)
 
 
 class Target(msgspec.Struct, frozen=True):
@@ -116,9 +118,7 @@ class Workflow(msgspec.Struct, frozen=True, kw_only=True):
         where = source or name
         _check_graph(graph, where)
         if spec is None:
-            return cls(
-                name=name, graph=graph, params=_placeholder_params(graph), source=source
-            )
+            return cls(name=name, graph=graph, params=_placeholder_params(graph), source=source)
         try:
             parsed = msgspec.convert(spec, SpecFile)
         except msgspec.ValidationError as exc:
@@ -295,9 +295,7 @@ def _check_value(spec: ParamSpec, value: Any, field: str) -> Any:
             status_code=422,
         )
     if spec.pattern is not None and not re.fullmatch(spec.pattern, value):
-        raise RequestError(
-            f"{field} must match {spec.pattern!r}", field=field, status_code=422
-        )
+        raise RequestError(f"{field} must match {spec.pattern!r}", field=field, status_code=422)
     if spec.minimum is not None and value < spec.minimum:
         raise RequestError(f"{field} must be >= {spec.minimum:g}", field=field, status_code=422)
     if spec.maximum is not None and value > spec.maximum:
@@ -366,8 +364,10 @@ def collect_workflows(pm: Any, settings: Any) -> WorkflowRegistry:
     can be reported with both owners, then add the drop-in folder."""
     registry = WorkflowRegistry()
     for impl in reversed(pm.hook.register_workflows.get_hookimpls()):
-        kwargs = {"register": lambda w, o=impl.plugin_name: registry.register(w, o),
-                  "settings": settings}
+        kwargs = {
+            "register": lambda w, o=impl.plugin_name: registry.register(w, o),
+            "settings": settings,
+        }
         impl.function(*(kwargs[a] for a in impl.argnames))
     if settings.workflows_dir:
         folder = Path(settings.workflows_dir)

@@ -17,7 +17,6 @@ import uuid
 from typing import Literal
 
 import msgspec
-
 from comfyui_server.core import (
     ComfyUIClient,
     PromptRejected,
@@ -98,15 +97,18 @@ async def clean(task: Task) -> None:
     try:
         state = next((s for s in engine.fleet.states() if s.name == task.endpoint), None)
         if files and state is not None and not state.can_run(frozenset({CLEANER_NODE})):
-            log.warning("task %s: %s has no %r node; its files stay", task.id, client.name,
-                        CLEANER_NODE)
+            log.warning(
+                "task %s: %s has no %r node; its files stay", task.id, client.name, CLEANER_NODE
+            )
             files = []
         # One failing node aborts the whole prompt (a file already gone, say): drop the
         # failing file and run the rest again.
         while files:
             prompt_id = f"cleanup-{uuid.uuid4()}"
             await client.post_prompt(
-                cleaner_prompt(files), client_id=engine.client_id(task.endpoint), prompt_id=prompt_id
+                cleaner_prompt(files),
+                client_id=engine.client_id(task.endpoint),
+                prompt_id=prompt_id,
             )
             entry = await _wait_history(client, prompt_id, _state.settings.comfyui_cleanup_timeout)
             if entry is None:

@@ -9,11 +9,6 @@ from urllib.parse import quote
 
 import msgspec
 import obstore
-from litestar import Response, get
-from litestar.params import FromPath
-from litestar.response import File
-from obstore.store import LocalStore
-
 from comfyui_server.core import (
     Artifact,
     OutputRef,
@@ -24,6 +19,10 @@ from comfyui_server.core import (
     hookimpl,
 )
 from comfyui_server.core.paths import safe_relative_path
+from litestar import Response, get
+from litestar.params import FromPath
+from litestar.response import File
+from obstore.store import LocalStore
 
 STORAGE = "local"
 

@@ -4,6 +4,7 @@ they appear here too."""
 
 from __future__ import annotations
 
+from comfyui_server.core import Task, TaskResult, hookimpl
 from litestar import Response, get
 from litestar.datastructures import State
 from prometheus_client import (
@@ -15,9 +16,25 @@ from prometheus_client import (
     generate_latest,
 )
 
-from comfyui_server.core import Task, TaskResult, hookimpl
-
-STAGE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900)
+STAGE_BUCKETS = (
+    0.001,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    120,
+    300,
+    900,
+)
 
 TASKS = Counter(
     "comfyui_server_tasks_total",
@@ -58,8 +75,13 @@ def on_result(task: Task, result: TaskResult) -> None:
         TASK_SECONDS.labels(task.workflow, result.status).observe(max(0.0, total))
 
 
-@get("/metrics", operation_id="metrics", tags=["operations"], summary="Prometheus metrics",
-     media_type=CONTENT_TYPE_LATEST)
+@get(
+    "/metrics",
+    operation_id="metrics",
+    tags=["operations"],
+    summary="Prometheus metrics",
+    media_type=CONTENT_TYPE_LATEST,
+)
 async def metrics(state: State) -> Response[bytes]:
     """Gauges are read at scrape time, so they are never stale."""
     engine = state.engine

@@ -505,7 +505,12 @@ async def notify(task: Task, result: TaskResult) -> None:
     if outbox is None or not task.client_callback_url:
         return
     outbox.forget(task.id)
-    await outbox.enqueue(task, f"task.{result.status}")
+    event = f"task.{result.status}"
+    if result.replayed and any(
+        d.event == event for d in await outbox.store.task_deliveries(task.id)
+    ):
+        return  # recorded before the crash: it is being delivered already
+    await outbox.enqueue(task, event)
 
 
 @hookimpl

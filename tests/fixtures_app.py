@@ -9,7 +9,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from comfyui_server.core.testing.receiver import WebhookReceiver
 from comfyui_server.core.testing.server import ServerThread
 
@@ -63,10 +62,10 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerThread]]:
         servers.append(server)
         if wait_up:
             wait_until(
-                lambda: all(
-                    e["status"] == "up"
-                    for e in httpx.get(server.api + "/endpoints").json()
-                ) or None
+                lambda: (
+                    all(e["status"] == "up" for e in httpx.get(server.api + "/endpoints").json())
+                    or None
+                )
             )
         return server
 
@@ -77,6 +76,7 @@ def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerThread]]:
 
 def wait_final(api: str, task_id: int, timeout: float = 30.0) -> dict:
     """Poll GET /tasks/{id} until the task is final; return its record."""
+
     def final() -> dict | None:
         record = httpx.get(f"{api}/tasks/{task_id}").json()
         return record if record["status"] in ("completed", "failed", "cancelled") else None

@@ -5,10 +5,9 @@ import tempfile
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
-
 from comfyui_server.core.testing.emulator_thread import EmulatorThread
 from comfyui_server.core.testing.server import ServerThread
+from hypothesis import HealthCheck, given, settings
 
 # Routes whose nature is to wait or to reach out: they are covered by their own tests.
 SKIPPED = ("/events", "/endpoints")
@@ -17,8 +16,11 @@ SKIPPED = ("/events", "/endpoints")
 @pytest.fixture(scope="module")
 def api_schema():
     with tempfile.TemporaryDirectory() as base, EmulatorThread(base_dir=f"{base}/comfy") as emu:
-        env = {"COMFYUI_ENDPOINTS": emu.address, "DATA_DIR": f"{base}/data",
-               "COMFYUI_CLEANUP": "off"}
+        env = {
+            "COMFYUI_ENDPOINTS": emu.address,
+            "DATA_DIR": f"{base}/data",
+            "COMFYUI_CLEANUP": "off",
+        }
         with ServerThread(env) as server:
             yield schemathesis.openapi.from_url(server.url + "/schema/openapi.json")
 
@@ -35,8 +37,9 @@ def test_no_route_answers_5xx_and_errors_use_the_envelope(api_schema):
     for operation in operations(api_schema):
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck),
-                  database=None)
+        @settings(
+            max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None
+        )
         def fuzz(case):
             check(case)
 

@@ -17,9 +17,13 @@ def png(color: tuple[int, int, int]) -> str:
 def test_inputs_outputs_and_history_are_removed(comfyui_emulator, server_factory):
     server = server_factory([comfyui_emulator], env={"COMFYUI_CLEANUP": "filecleaner"})
     ids = [
-        httpx.post(server.api, json={
-            "service_type": "invert", "params": {"image": png((i, 2 * i, 3)), "width": 8, "height": 8},
-        }).json()["id"]
+        httpx.post(
+            server.api,
+            json={
+                "service_type": "invert",
+                "params": {"image": png((i, 2 * i, 3)), "width": 8, "height": 8},
+            },
+        ).json()["id"]
         for i in range(20)
     ]
     records = [wait_final(server.api, i) for i in ids]
@@ -46,7 +50,9 @@ def test_off_leaves_comfyui_alone(comfyui_emulator, server_factory):
     assert record["comfyui_task_id"] in comfyui_emulator.history
 
 
-def test_an_endpoint_without_the_cleaner_node_keeps_its_files(comfyui_emulator_factory, server_factory):
+def test_an_endpoint_without_the_cleaner_node_keeps_its_files(
+    comfyui_emulator_factory, server_factory
+):
     emulator = comfyui_emulator_factory(object_info_exclude=["Clean input and output file"])
     server = server_factory([emulator], env={"COMFYUI_CLEANUP": "filecleaner"})
     task = httpx.post(server.api, json={"service_type": "blank", "params": {}}).json()

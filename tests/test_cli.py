@@ -28,7 +28,9 @@ def test_plugins_json_lists_builtins_with_their_hooks():
 
 
 def test_disable_removes_a_plugin():
-    plugins = {p["name"]: p for p in json.loads(run("--disable", "webhook", "plugins", "--json").stdout)}
+    plugins = {
+        p["name"]: p for p in json.loads(run("--disable", "webhook", "plugins", "--json").stdout)
+    }
     assert plugins["webhook"]["disabled"] is True
     assert plugins["webhook"]["hooks"] == []
 

@@ -1,14 +1,19 @@
 """Settings: the seed's variable names, `.env` files, and errors that name the variable."""
 
 import pytest
-
 from comfyui_server.core.config import get_settings
 from comfyui_server.core.errors import ConfigError
 
 
 def test_seed_names_and_lists():
-    s = get_settings({"COMFYUI_ENDPOINTS": "localhost:8188, localhost:8189", "SERVICE_PORT": "9000",
-                      "ROUTE_PREFIX": "/api/v2", "DEFAULT_FAILED_IMAGE_PATH": "/tmp/failed"})
+    s = get_settings(
+        {
+            "COMFYUI_ENDPOINTS": "localhost:8188, localhost:8189",
+            "SERVICE_PORT": "9000",
+            "ROUTE_PREFIX": "/api/v2",
+            "DEFAULT_FAILED_IMAGE_PATH": "/tmp/failed",
+        }
+    )
     assert s.comfyui_endpoints == ("localhost:8188", "localhost:8189")
     assert s.service_port == 9000
     assert s.route_prefix == "/api/v2"

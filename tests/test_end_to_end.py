@@ -6,13 +6,17 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
-from fixtures_app import wait_final, wait_until
+from fixtures_app import wait_final
 
 BLANK = {"width": 8, "height": 8, "color": 0xFF8800}
 
 
 def submit(server, service_type="blank", params=None, **extra):
-    body = {"service_type": service_type, "params": params if params is not None else BLANK, **extra}
+    body = {
+        "service_type": service_type,
+        "params": params if params is not None else BLANK,
+        **extra,
+    }
     return httpx.post(server.api, json=body, timeout=10)
 
 
@@ -70,7 +74,11 @@ def test_seed_request_completes_and_the_webhook_carries_the_record(
 
     flow = httpx.get(f"{server.api}/tasks/{accepted['id']}/flow").json()
     assert [step["status"] for step in flow] == [
-        "accepted", "queued", "dispatched", "running", "completed",
+        "accepted",
+        "queued",
+        "dispatched",
+        "running",
+        "completed",
     ]
 
 
@@ -109,8 +117,9 @@ def test_twenty_tasks_split_over_two_endpoints_and_run_in_parallel(
     assert max(a0, b0) < min(a1, b1)
 
 
-def test_a_failing_node_fails_the_task_with_its_message(comfyui_emulator, server_factory,
-                                                        webhook_receiver):
+def test_a_failing_node_fails_the_task_with_its_message(
+    comfyui_emulator, server_factory, webhook_receiver
+):
     server = server_factory([comfyui_emulator])
     comfyui_emulator.fail_next(message="out of luck")
     task = submit(server, client_callback_url=webhook_receiver.url).json()
@@ -147,4 +156,6 @@ def test_workflows_and_endpoints_are_listed(comfyui_emulator, server_factory):
     assert endpoint["name"] == comfyui_emulator.address
     assert endpoint["status"] == "up"
     assert httpx.get(server.url + "/ready").status_code == 200
-    assert httpx.get(server.url + "/schema/openapi.json").json()["info"]["title"] == "comfyui-server"
+    assert (
+        httpx.get(server.url + "/schema/openapi.json").json()["info"]["title"] == "comfyui-server"
+    )

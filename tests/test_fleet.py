@@ -55,8 +55,12 @@ def test_killed_endpoint_loses_no_task(comfyui_emulator_factory, server_factory)
     wait_until(lambda: len(a.prompts_received) >= 2)
     a.kill()
     wait_until(
-        lambda: next(e for e in httpx.get(server.api + "/endpoints").json()
-                     if e["name"] == a.address)["status"] == "down"
+        lambda: (
+            next(e for e in httpx.get(server.api + "/endpoints").json() if e["name"] == a.address)[
+                "status"
+            ]
+            == "down"
+        )
     )
     sent_before_death = len(a.prompts_received)
     records = [wait_final(server.api, i, timeout=60) for i in ids]
@@ -68,7 +72,9 @@ def test_killed_endpoint_loses_no_task(comfyui_emulator_factory, server_factory)
     assert requeued, "the tasks in flight on the dead endpoint ran again elsewhere"
     # brought back, it receives work again
     a.restart()
-    wait_until(lambda: all(e["status"] == "up" for e in httpx.get(server.api + "/endpoints").json()))
+    wait_until(
+        lambda: all(e["status"] == "up" for e in httpx.get(server.api + "/endpoints").json())
+    )
     more = [submit(server, {"color": 100 + i, "width": 8, "height": 8})["id"] for i in range(6)]
     later = [wait_final(server.api, i) for i in more]
     assert a.address in {r["endpoint"] for r in later}
@@ -86,13 +92,18 @@ def test_cancel_while_queued_here(comfyui_emulator, server_factory, webhook_rece
     assert response.json()["error_code"] == 9
     (delivery,) = webhook_receiver.wait_for(1)
     assert delivery.json()["event"] == "task.cancelled"
-    assert all(p["prompt_id"] != response.json()["comfyui_task_id"] for p in comfyui_emulator.prompts_received)
+    assert all(
+        p["prompt_id"] != response.json()["comfyui_task_id"]
+        for p in comfyui_emulator.prompts_received
+    )
     assert len(comfyui_emulator.prompts_received) == 1
     again = httpx.delete(f"{server.api}/tasks/{second['id']}")
     assert again.status_code == 409
 
 
-def test_cancel_while_pending_in_comfyui_deletes_it_from_the_queue(comfyui_emulator, server_factory):
+def test_cancel_while_pending_in_comfyui_deletes_it_from_the_queue(
+    comfyui_emulator, server_factory
+):
     comfyui_emulator.hang()
     server = server_factory([comfyui_emulator], env={"MAX_IN_FLIGHT_PER_ENDPOINT": "2"})
     first = submit(server)
@@ -103,8 +114,10 @@ def test_cancel_while_pending_in_comfyui_deletes_it_from_the_queue(comfyui_emula
     assert record["comfyui_task_id"] == pending_id
     assert httpx.delete(f"{server.api}/tasks/{second['id']}").json()["status"] == "cancelled"
     assert comfyui_emulator.queue_pending == []
-    assert comfyui_emulator.queue_running[0][1] == httpx.get(
-        f"{server.api}/tasks/{first['id']}").json()["comfyui_task_id"]
+    assert (
+        comfyui_emulator.queue_running[0][1]
+        == httpx.get(f"{server.api}/tasks/{first['id']}").json()["comfyui_task_id"]
+    )
 
 
 def test_cancel_while_running_interrupts_it(comfyui_emulator, server_factory):
@@ -139,8 +152,13 @@ def test_endpoints_added_and_removed_at_run_time(comfyui_emulator_factory, serve
     assert added.status_code == 201
     assert added.json()["weight"] == 2
     assert httpx.post(server.api + "/endpoints", json={"url": b.address}).status_code == 409
-    assert httpx.post(server.api + "/endpoints", json={"url": "ftp://x"}).json()["extra"][0]["key"] == "url"
-    wait_until(lambda: all(e["status"] == "up" for e in httpx.get(server.api + "/endpoints").json()))
+    assert (
+        httpx.post(server.api + "/endpoints", json={"url": "ftp://x"}).json()["extra"][0]["key"]
+        == "url"
+    )
+    wait_until(
+        lambda: all(e["status"] == "up" for e in httpx.get(server.api + "/endpoints").json())
+    )
     listed = {e["name"]: e for e in httpx.get(server.api + "/endpoints").json()}
     assert "blank" in listed[b.address]["workflows"]
     assert "text2img" not in listed[b.address]["workflows"]
@@ -155,7 +173,9 @@ def test_endpoints_added_and_removed_at_run_time(comfyui_emulator_factory, serve
     records = [wait_final(server.api, i) for i in ids]
     assert {r["status"] for r in records} == {"completed"}
     assert len(b.prompts_received) == sent_to_b
-    wait_until(lambda: [e["name"] for e in httpx.get(server.api + "/endpoints").json()] == [a.address])
+    wait_until(
+        lambda: [e["name"] for e in httpx.get(server.api + "/endpoints").json()] == [a.address]
+    )
 
 
 def test_endpoint_management_needs_an_admin_key(comfyui_emulator, server_factory):
@@ -169,7 +189,10 @@ def test_endpoint_management_needs_an_admin_key(comfyui_emulator, server_factory
     assert httpx.get(server.api + "/endpoints", headers=user).status_code == 200
     refused = httpx.post(server.api + "/endpoints", json={"url": "127.0.0.1:9"}, headers=user)
     assert refused.status_code == 403
-    assert httpx.post(server.api + "/endpoints", json={"url": "127.0.0.1:9"}, headers=root).status_code == 201
+    assert (
+        httpx.post(server.api + "/endpoints", json={"url": "127.0.0.1:9"}, headers=root).status_code
+        == 201
+    )
 
 
 def test_a_slow_endpoint_gets_less_work(comfyui_emulator_factory, server_factory):

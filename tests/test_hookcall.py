@@ -1,7 +1,6 @@
 """core.hookcall: async implementations awaited in pluggy's order, first non-None wins."""
 
 import pytest
-
 from comfyui_server.core import hookimpl
 from comfyui_server.core.hookcall import call_all, call_first
 from comfyui_server.core.plugins import create_plugin_manager

@@ -23,13 +23,15 @@ def image_server():
     image = png_bytes()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):
             if self.path == "/redirect":
                 self.send_response(302)
                 self.send_header("location", "http://169.254.169.254/latest/meta-data")
                 self.end_headers()
                 return
-            body = {"/img.png": image, "/text.txt": b"hello", "/big.png": b"x" * 5000}.get(self.path)
+            body = {"/img.png": image, "/text.txt": b"hello", "/big.png": b"x" * 5000}.get(
+                self.path
+            )
             self.send_response(200 if body else 404)
             self.send_header("content-length", str(len(body or b"")))
             self.end_headers()
@@ -45,12 +47,15 @@ def image_server():
 
 
 def invert(server, image, **extra):
-    return httpx.post(server.api, json={
-        "service_type": "invert", "params": {"image": image, **extra}}, timeout=30)
+    return httpx.post(
+        server.api, json={"service_type": "invert", "params": {"image": image, **extra}}, timeout=30
+    )
 
 
 def uploaded_bytes(emulator, record):
-    (prompt,) = [p for p in emulator.prompts_received if p["prompt_id"] == record["comfyui_task_id"]]
+    (prompt,) = [
+        p for p in emulator.prompts_received if p["prompt_id"] == record["comfyui_task_id"]
+    ]
     name = prompt["prompt"]["1"]["inputs"]["image"]
     return (emulator.input_dir / name).read_bytes()
 
@@ -76,7 +81,9 @@ def test_data_url_and_plain_base64_both_work(comfyui_emulator, server_factory):
         assert uploaded_bytes(comfyui_emulator, record) == png_bytes((1, 2, 3))
 
 
-def test_loopback_url_is_refused_without_the_allowance(comfyui_emulator, server_factory, image_server):
+def test_loopback_url_is_refused_without_the_allowance(
+    comfyui_emulator, server_factory, image_server
+):
     base, _ = image_server
     server = server_factory([comfyui_emulator], env={"URL_ALLOWLIST": ""})
     response = invert(server, f"{base}/img.png")
@@ -87,10 +94,16 @@ def test_loopback_url_is_refused_without_the_allowance(comfyui_emulator, server_
 
 @pytest.mark.parametrize(
     ("path", "status", "words"),
-    [("/text.txt", 422, "not an image"), ("/missing.png", 422, "404"),
-     ("/redirect", 422, "169.254.169.254"), ("/big.png", 413, "MAX_IMAGE_BYTES")],
+    [
+        ("/text.txt", 422, "not an image"),
+        ("/missing.png", 422, "404"),
+        ("/redirect", 422, "169.254.169.254"),
+        ("/big.png", 413, "MAX_IMAGE_BYTES"),
+    ],
 )
-def test_bad_urls_name_the_param(comfyui_emulator, server_factory, image_server, path, status, words):
+def test_bad_urls_name_the_param(
+    comfyui_emulator, server_factory, image_server, path, status, words
+):
     base, _ = image_server
     server = server_factory([comfyui_emulator], env={"MAX_IMAGE_BYTES": "4000"})
     response = invert(server, base + path)

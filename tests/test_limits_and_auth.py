@@ -37,9 +37,12 @@ def test_a_task_is_visible_to_its_key_and_admins_only(server):
 
 
 def test_rate_limit_gives_429_with_retry_after(comfyui_emulator, server_factory):
-    server = server_factory([comfyui_emulator], env={**KEYS, "RATE_LIMIT_PER_MINUTE": "3"},
-                            wait_up=False)
-    codes = [httpx.get(server.api + "/workflows", headers=auth(ALICE)).status_code for _ in range(5)]
+    server = server_factory(
+        [comfyui_emulator], env={**KEYS, "RATE_LIMIT_PER_MINUTE": "3"}, wait_up=False
+    )
+    codes = [
+        httpx.get(server.api + "/workflows", headers=auth(ALICE)).status_code for _ in range(5)
+    ]
     assert codes[:3] == [200, 200, 200]
     last = httpx.get(server.api + "/workflows", headers=auth(ALICE))
     assert last.status_code == 429
@@ -50,8 +53,9 @@ def test_rate_limit_gives_429_with_retry_after(comfyui_emulator, server_factory)
 
 def test_queue_depth_cap_gives_503(comfyui_emulator, server_factory):
     comfyui_emulator.hang()
-    server = server_factory([comfyui_emulator], env={"MAX_QUEUE_DEPTH": "2",
-                                                      "MAX_IN_FLIGHT_PER_ENDPOINT": "1"})
+    server = server_factory(
+        [comfyui_emulator], env={"MAX_QUEUE_DEPTH": "2", "MAX_IN_FLIGHT_PER_ENDPOINT": "1"}
+    )
     statuses = [
         httpx.post(server.api, json={**BODY, "params": {"color": i}}).status_code for i in range(5)
     ]

@@ -14,8 +14,10 @@ def scrape(server) -> dict[tuple[str, tuple], float]:
 
 
 def completed(samples, workflow="blank", status="completed", code="0"):
-    key = ("comfyui_server_tasks_total",
-           tuple(sorted({"workflow": workflow, "status": status, "error_code": code}.items())))
+    key = (
+        "comfyui_server_tasks_total",
+        tuple(sorted({"workflow": workflow, "status": status, "error_code": code}.items())),
+    )
     return samples.get(key, 0.0)
 
 
@@ -23,17 +25,25 @@ def test_metrics_count_tasks_and_show_endpoints(comfyui_emulator, server_factory
     server = server_factory([comfyui_emulator])
     before = scrape(server)
     for i in range(3):
-        httpx.post(server.api, params={"wait": 10},
-                   json={"service_type": "blank", "params": {"color": i}})
+        httpx.post(
+            server.api, params={"wait": 10}, json={"service_type": "blank", "params": {"color": i}}
+        )
     comfyui_emulator.fail_next()
-    httpx.post(server.api, params={"wait": 10}, json={"service_type": "blank", "params": {"color": 9}})
+    httpx.post(
+        server.api, params={"wait": 10}, json={"service_type": "blank", "params": {"color": 9}}
+    )
     after = scrape(server)
     assert completed(after) - completed(before) == 3
-    assert completed(after, status="failed", code="4") - completed(before, status="failed", code="4") == 1
+    assert (
+        completed(after, status="failed", code="4") - completed(before, status="failed", code="4")
+        == 1
+    )
     endpoint = (("endpoint", comfyui_emulator.address),)
     assert after[("comfyui_server_endpoint_up", endpoint)] == 1
     assert after[("comfyui_server_endpoint_in_flight", endpoint)] == 0
     assert after[("comfyui_server_queue_depth", ())] == 0
-    stage = ("comfyui_server_task_stage_seconds_count",
-             (("stage", "execution"), ("workflow", "blank")))
+    stage = (
+        "comfyui_server_task_stage_seconds_count",
+        (("stage", "execution"), ("workflow", "blank")),
+    )
     assert after[stage] - before.get(stage, 0) == 3

@@ -4,9 +4,8 @@ import json
 import signal
 
 import httpx
-from fixtures_app import wait_final, wait_until
-
 from comfyui_server.core.testing.server import ServerProcess
+from fixtures_app import wait_final, wait_until
 
 
 def env_for(emulator, tmp_path, **extra):
@@ -22,8 +21,11 @@ def env_for(emulator, tmp_path, **extra):
 def test_json_logs_carry_the_task_id(comfyui_emulator, tmp_path):
     with ServerProcess(env_for(comfyui_emulator, tmp_path, LOG_FORMAT="json")) as server:
         ids = [
-            httpx.post(server.api, params={"wait": 10},
-                       json={"service_type": "blank", "params": {"color": i}}).json()["id"]
+            httpx.post(
+                server.api,
+                params={"wait": 10},
+                json={"service_type": "blank", "params": {"color": i}},
+            ).json()["id"]
             for i in range(2)
         ]
     lines = [json.loads(line) for line in server.log_lines if line.startswith("{")]

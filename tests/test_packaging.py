@@ -22,7 +22,10 @@ def test_every_python_package_is_listed_in_pyproject():
         for init in (ROOT / folder).rglob("__init__.py"):
             relative = init.parent.relative_to(ROOT / folder).parts
             found.add(".".join((dotted, *relative)))
-    data_only = {"comfyui_server.plugins.dashboard.static", "comfyui_server.plugins.dashboard.templates"}
+    data_only = {
+        "comfyui_server.plugins.dashboard.static",
+        "comfyui_server.plugins.dashboard.templates",
+    }
     assert found == listed - data_only
 
 
@@ -31,7 +34,8 @@ def test_wheel_installed_in_a_clean_venv_runs_the_cli(tmp_path):
     dist = tmp_path / "dist"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(ROOT)],
-        check=True, timeout=300,
+        check=True,
+        timeout=300,
     )
     (wheel,) = dist.glob("comfyui_server-*.whl")
     env_dir = tmp_path / "venv"
@@ -40,11 +44,24 @@ def test_wheel_installed_in_a_clean_venv_runs_the_cli(tmp_path):
     subprocess.run([str(python), "-m", "pip", "install", "-q", str(wheel)], check=True, timeout=600)
     cli = env_dir / "bin" / "comfyui-server"
     run = {"capture_output": True, "text": True, "check": True, "timeout": 120, "cwd": tmp_path}
-    plugins = {p["name"] for p in json.loads(subprocess.run([str(cli), "plugins", "--json"], **run).stdout)}
+    plugins = {
+        p["name"] for p in json.loads(subprocess.run([str(cli), "plugins", "--json"], **run).stdout)
+    }
     assert {
-        "least_queue", "local_storage", "s3_storage", "database", "webhook", "spec_builder",
-        "cleanup", "metrics", "dashboard", "demo",
+        "least_queue",
+        "local_storage",
+        "s3_storage",
+        "database",
+        "webhook",
+        "spec_builder",
+        "cleanup",
+        "metrics",
+        "dashboard",
+        "demo",
     } <= plugins
-    workflows = {w["name"] for w in json.loads(subprocess.run([str(cli), "workflows", "--json"], **run).stdout)}
+    workflows = {
+        w["name"]
+        for w in json.loads(subprocess.run([str(cli), "workflows", "--json"], **run).stdout)
+    }
     assert {"blank", "invert", "text2img", "img2img"} <= workflows
     assert "swatch" not in workflows  # the example plugin is not part of the wheel

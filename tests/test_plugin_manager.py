@@ -1,7 +1,6 @@
 """Loading plugins: entry points in a fixed order, disabling, and loud conflicts."""
 
 import pytest
-
 from comfyui_server.core import Workflow, hookimpl
 from comfyui_server.core.config import get_settings
 from comfyui_server.core.errors import PluginValidationError
@@ -9,8 +8,14 @@ from comfyui_server.core.plugins import create_plugin_manager
 from comfyui_server.core.workflows import WorkflowError, collect_workflows
 
 BUILTINS = {
-    "least_queue", "local_storage", "database", "webhook", "spec_builder",
-    "text2img", "img2img", "demo",
+    "least_queue",
+    "local_storage",
+    "database",
+    "webhook",
+    "spec_builder",
+    "text2img",
+    "img2img",
+    "demo",
 }
 
 

@@ -6,10 +6,9 @@ from collections import Counter
 
 import httpx
 import pytest
-from fixtures_app import wait_final, wait_until
-
 from comfyui_server.core.testing.receiver import WebhookReceiver
 from comfyui_server.core.testing.server import ServerProcess
+from fixtures_app import wait_final, wait_until
 
 
 def settings(emulators, db_url, tmp_path, name, **extra):
@@ -63,8 +62,14 @@ def test_sigkill_mid_run_then_restart_finishes_everything_once(
     backend, make_db_url, comfyui_emulator_factory, tmp_path
 ):
     emulators = [comfyui_emulator_factory(node_time=0.02) for _ in range(2)]
-    env = settings(emulators, make_db_url(backend), tmp_path, "one",
-                   MAX_IN_FLIGHT_PER_ENDPOINT="3", WEBHOOK_BACKOFF_BASE="0.1")
+    env = settings(
+        emulators,
+        make_db_url(backend),
+        tmp_path,
+        "one",
+        MAX_IN_FLIGHT_PER_ENDPOINT="3",
+        WEBHOOK_BACKOFF_BASE="0.1",
+    )
     with WebhookReceiver() as receiver:
         server = ServerProcess(env).start()
         ids = [submit(server.api, i, client_callback_url=receiver.url) for i in range(100)]
@@ -82,16 +87,20 @@ def test_sigkill_mid_run_then_restart_finishes_everything_once(
     assert set(delivered) == set(ids)
 
 
-def test_a_dead_replicas_tasks_are_adopted_by_a_live_one(make_db_url, comfyui_emulator_factory,
-                                                         tmp_path):
+def test_a_dead_replicas_tasks_are_adopted_by_a_live_one(
+    make_db_url, comfyui_emulator_factory, tmp_path
+):
     emulators = [comfyui_emulator_factory(node_time=0.1)]
     db_url = make_db_url("postgres")
     survivor = ServerProcess(settings(emulators, db_url, tmp_path, "survivor")).start()
     doomed = ServerProcess(settings(emulators, db_url, tmp_path, "doomed")).start()
     try:
         ids = [submit(doomed.api, i) for i in range(10)]
-        wait_until(lambda: any(
-            httpx.get(f"{doomed.api}/tasks/{i}").json()["status"] == "running" for i in ids))
+        wait_until(
+            lambda: any(
+                httpx.get(f"{doomed.api}/tasks/{i}").json()["status"] == "running" for i in ids
+            )
+        )
         doomed.signal(signal.SIGKILL)
         doomed.wait(10)
         records = [wait_final(survivor.api, i, timeout=60) for i in ids]

@@ -17,8 +17,9 @@ def test_retry_storage_after_an_outage(comfyui_emulator, server_factory, s3_serv
     server = server_factory([comfyui_emulator], env=env)
     with s3_server.down():
         ids = [
-            httpx.post(server.api, json={"service_type": "blank",
-                                         "params": {"batch_size": 2, "color": i}}).json()["id"]
+            httpx.post(
+                server.api, json={"service_type": "blank", "params": {"batch_size": 2, "color": i}}
+            ).json()["id"]
             for i in range(2)
         ]
         records = [wait_final(server.api, i, timeout=60) for i in ids]
@@ -29,9 +30,16 @@ def test_retry_storage_after_an_outage(comfyui_emulator, server_factory, s3_serv
     server.stop()  # the command works on the database, as an operator would after S3 returns
 
     env_file = tmp_path / ".env"
-    env_file.write_text("".join(f"{k}={v}\n" for k, v in {
-        **env, "DATA_DIR": server.settings.data_dir,
-        "COMFYUI_ENDPOINTS": comfyui_emulator.address}.items()))
+    env_file.write_text(
+        "".join(
+            f"{k}={v}\n"
+            for k, v in {
+                **env,
+                "DATA_DIR": server.settings.data_dir,
+                "COMFYUI_ENDPOINTS": comfyui_emulator.address,
+            }.items()
+        )
+    )
     command = [str(BIN), "--env-file", str(env_file), "tasks", "retry-storage"]
     first = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert first.returncode == 0, first.stderr
@@ -41,7 +49,9 @@ def test_retry_storage_after_an_outage(comfyui_emulator, server_factory, s3_serv
     again = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and "stored 0 file(s); 0 task(s) clean" in again.stdout
 
-    restarted = server_factory([comfyui_emulator], env={**env, "DATA_DIR": server.settings.data_dir})
+    restarted = server_factory(
+        [comfyui_emulator], env={**env, "DATA_DIR": server.settings.data_dir}
+    )
     for task_id in ids:
         record = httpx.get(f"{restarted.api}/tasks/{task_id}").json()
         assert record["error_code"] == 0 and record["status"] == "completed" and not record["error"]

@@ -486,10 +486,26 @@ async def test_only_a_dead_replicas_tasks_are_adopted_and_by_one_replica(
 
 async def test_an_ended_task_stays_ended_unless_forced(store):
     (task,) = await add(store, 1)
-    assert await store.save(replace(task, status="cancelled"), TaskEvent(task_id=task.id, status="cancelled"))
+    assert await store.save(
+        replace(task, status="cancelled"), TaskEvent(task_id=task.id, status="cancelled")
+    )
     late = replace(task, status="completed", error_code=0)
     assert not await store.save(late, TaskEvent(task_id=task.id, status="completed"))
     assert (await store.get(task.id)).status == "cancelled"
     assert [e.status for e in await store.events(task.id)] == ["accepted", "queued", "cancelled"]
     assert await store.save(late, force=True)
     assert (await store.get(task.id)).status == "completed"
+
+
+async def test_an_end_never_announced_is_handed_out_once(store):
+    done, announced, running = await add(store, 3)
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=30)
+    await store.save(replace(done, status="completed", finished_at=past))
+    await store.save(replace(announced, status="failed", finished_at=past))
+    await store.mark_notified(announced.id)
+    await store.save(replace(running, status="running"))
+    assert [t.id for t in await store.claim_unnotified(10, 100)] == [done.id]
+    assert await store.claim_unnotified(10, 100) == []
+    fresh = await store.create(new_task(), first_events())
+    await store.save(replace(fresh, status="completed", finished_at=dt.datetime.now(dt.UTC)))
+    assert await store.claim_unnotified(10, 100) == []  # its finisher may still be announcing

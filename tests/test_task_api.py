@@ -66,7 +66,11 @@ def test_event_stream_sends_progress_in_order_then_the_final_record(
     kinds = [name for name, _ in events]
     assert kinds[0] == "status" and kinds[-1] == "final"
     assert events[-1][1]["status"] == "completed"
-    counted = [(d["node"], d["value"], d["max"]) for n, d in events if n == "progress" and d["value"] is not None]
+    counted = [
+        (d["node"], d["value"], d["max"])
+        for n, d in events
+        if n == "progress" and d["value"] is not None
+    ]
     assert counted == [("2", 0, 3), ("2", 1, 3), ("2", 2, 3)]
     statuses = [d["status"] for n, d in events if n in ("status", "final")]
     assert statuses.index("running") < len(statuses) - 1
@@ -76,14 +80,22 @@ def test_event_stream_sends_progress_in_order_then_the_final_record(
 
 def test_list_tasks_filters_and_pages(comfyui_emulator, server_factory):
     server = server_factory([comfyui_emulator])
-    ids = [httpx.post(server.api, params={"wait": 10}, json={**BLANK, "params": {"color": i}}).json()["id"]
-           for i in range(5)]
+    ids = [
+        httpx.post(server.api, params={"wait": 10}, json={**BLANK, "params": {"color": i}}).json()[
+            "id"
+        ]
+        for i in range(5)
+    ]
     comfyui_emulator.fail_next()
-    failed = httpx.post(server.api, params={"wait": 10}, json={**BLANK, "params": {"color": 99}}).json()
+    failed = httpx.post(
+        server.api, params={"wait": 10}, json={**BLANK, "params": {"color": 99}}
+    ).json()
     assert failed["status"] == "failed"
     first = httpx.get(server.api + "/tasks", params={"limit": 4})
     assert [t["id"] for t in first.json()] == [failed["id"], *reversed(ids)][:4]
-    rest = httpx.get(server.api + "/tasks", params={"limit": 4, "cursor": first.headers["x-next-cursor"]})
+    rest = httpx.get(
+        server.api + "/tasks", params={"limit": 4, "cursor": first.headers["x-next-cursor"]}
+    )
     assert [t["id"] for t in rest.json()] == list(reversed(ids))[3:]
     assert "x-next-cursor" not in rest.headers
     only_failed = httpx.get(server.api + "/tasks", params={"status": "failed"}).json()

@@ -11,13 +11,16 @@ def test_pip_installed_workflow_runs_with_its_own_prompt_builder(comfyui_emulato
     assert "swatch" in names
     task = httpx.post(
         server.api,
-        json={"service_type": "swatch",
-              "params": {"hex": "#ff8800", "size": 32, "aspect_ratio": "16:9"}},
+        json={
+            "service_type": "swatch",
+            "params": {"hex": "#ff8800", "size": 32, "aspect_ratio": "16:9"},
+        },
     ).json()
     record = wait_final(server.api, task["id"])
     assert record["status"] == "completed", record
     (prompt,) = [
-        p for p in comfyui_emulator.prompts_received
+        p
+        for p in comfyui_emulator.prompts_received
         if p.get("prompt_id") == record["comfyui_task_id"]
     ]
     inputs = prompt["prompt"]["1"]["inputs"]
@@ -26,8 +29,10 @@ def test_pip_installed_workflow_runs_with_its_own_prompt_builder(comfyui_emulato
 
 def test_the_plugins_spec_still_validates(comfyui_emulator, server_factory):
     server = server_factory([comfyui_emulator])
-    for params, field in [({"hex": "orange"}, "params.hex"),
-                          ({"hex": "#000000", "aspect_ratio": "2:1"}, "params.aspect_ratio")]:
+    for params, field in [
+        ({"hex": "orange"}, "params.hex"),
+        ({"hex": "#000000", "aspect_ratio": "2:1"}, "params.aspect_ratio"),
+    ]:
         response = httpx.post(server.api, json={"service_type": "swatch", "params": params})
         assert response.status_code == 422
         assert response.json()["extra"][0]["key"] == field

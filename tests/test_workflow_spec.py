@@ -4,22 +4,29 @@ import json
 from pathlib import Path
 
 import pytest
-
 from comfyui_server.core.errors import RequestError
 from comfyui_server.core.workflows import Workflow, WorkflowError, tag_output_prefixes
 
 SEED = Path(__file__).parent.parent / "workflows"
 GRAPH = {
-    "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "color": 0},
-          "_meta": {"title": "Canvas"}},
+    "1": {
+        "class_type": "EmptyImage",
+        "inputs": {"width": 64, "height": 64, "color": 0},
+        "_meta": {"title": "Canvas"},
+    },
     "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a photo of $subject, $style"}},
     "3": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "out/img"}},
 }
 SPEC = {
     "description": "test",
     "params": {
-        "size": {"type": "integer", "target": ["1.width", "Canvas.height"], "default": 64,
-                 "minimum": 16, "maximum": 1024},
+        "size": {
+            "type": "integer",
+            "target": ["1.width", "Canvas.height"],
+            "default": 64,
+            "minimum": 16,
+            "maximum": 1024,
+        },
         "text": {"type": "string", "target": "2.text"},
         "mode": {"type": "string", "target": "2.mode", "choices": ["a", "b"], "default": "a"},
     },

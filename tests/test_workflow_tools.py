@@ -8,9 +8,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fixtures_app import wait_final
-
 from comfyui_server.core.workflows import Workflow
+from fixtures_app import wait_final
 
 EXPORTS = sorted((Path(__file__).parent / "data" / "comfyui-protocol" / "workflows").glob("*.json"))
 BIN = Path(sys.executable).parent / "comfyui-server"
@@ -18,8 +17,9 @@ BIN = Path(sys.executable).parent / "comfyui-server"
 
 def cli(*args, cwd=None, env_file=None, check=True):
     extra = ["--env-file", str(env_file)] if env_file else []
-    return subprocess.run([str(BIN), *extra, *args], capture_output=True, text=True,
-                          check=check, timeout=60, cwd=cwd)
+    return subprocess.run(
+        [str(BIN), *extra, *args], capture_output=True, text=True, check=check, timeout=60, cwd=cwd
+    )
 
 
 def test_typed_route_is_documented_and_submits(comfyui_emulator, server_factory):
@@ -46,17 +46,29 @@ def test_workflows_new_writes_a_spec_that_loads(tmp_path, export):
     graph = json.loads(export.read_text())
     if not all(isinstance(n, dict) and "class_type" in n for n in graph.values()):
         # an invalid export is refused with a message, and nothing is written
-        result = cli("workflows", "new", "wf", "--from", str(export), "--dir", str(tmp_path),
-                     check=False)
+        result = cli(
+            "workflows", "new", "wf", "--from", str(export), "--dir", str(tmp_path), check=False
+        )
         assert result.returncode != 0 and "class_type" in result.stderr
         return
     for flag in ([], ["--all-params"]):
-        cli("workflows", "new", "wf", "--from", str(export), "--dir", str(tmp_path), "--force",
-            *flag)
+        cli(
+            "workflows",
+            "new",
+            "wf",
+            "--from",
+            str(export),
+            "--dir",
+            str(tmp_path),
+            "--force",
+            *flag,
+        )
         assert json.loads((tmp_path / "wf.json").read_text()) == graph
         workflow = Workflow.from_files(tmp_path, "wf")
         literals = sum(
-            1 for n in graph.values() for v in n.get("inputs", {}).values()
+            1
+            for n in graph.values()
+            for v in n.get("inputs", {}).values()
             if not isinstance(v, list)
         )
         assert len(workflow.params) == (literals if flag else 0)

@@ -7,7 +7,6 @@ import json
 
 import httpx
 import pytest
-from fixtures_app import wait_final
 from PIL import Image
 
 TWO_IMAGES = {
@@ -48,11 +47,18 @@ def workflows_dir(tmp_path):
     return folder
 
 
-def test_two_image_params_are_uploaded_and_each_used(comfyui_emulator, server_factory, workflows_dir):
+def test_two_image_params_are_uploaded_and_each_used(
+    comfyui_emulator, server_factory, workflows_dir
+):
     server = server_factory([comfyui_emulator], env={"WORKFLOWS_DIR": str(workflows_dir)})
-    record = httpx.post(server.api, params={"wait": 20}, json={
-        "service_type": "pair", "params": {"first": png((255, 0, 0)), "second": png((0, 0, 255))},
-    }).json()
+    record = httpx.post(
+        server.api,
+        params={"wait": 20},
+        json={
+            "service_type": "pair",
+            "params": {"first": png((255, 0, 0)), "second": png((0, 0, 255))},
+        },
+    ).json()
     assert record["status"] == "completed", record
     colours = {}
     for output in record["outputs"]:
@@ -68,12 +74,17 @@ def test_hostile_text_arrives_verbatim_and_the_graph_keeps_its_nodes(
     comfyui_emulator, server_factory, workflows_dir
 ):
     server = server_factory([comfyui_emulator], env={"WORKFLOWS_DIR": str(workflows_dir)})
-    record = httpx.post(server.api, params={"wait": 20}, json={
-        "service_type": "pair",
-        "params": {"first": png((1, 2, 3)), "second": png((4, 5, 6)), "label": HOSTILE},
-    }).json()
-    (sent,) = [p for p in comfyui_emulator.prompts_received
-               if p["prompt_id"] == record["comfyui_task_id"]]
+    record = httpx.post(
+        server.api,
+        params={"wait": 20},
+        json={
+            "service_type": "pair",
+            "params": {"first": png((1, 2, 3)), "second": png((4, 5, 6)), "label": HOSTILE},
+        },
+    ).json()
+    (sent,) = [
+        p for p in comfyui_emulator.prompts_received if p["prompt_id"] == record["comfyui_task_id"]
+    ]
     assert set(sent["prompt"]) == set(TWO_IMAGES)
     # the value is set as given; only our per-attempt tag is appended to the prefix
     assert sent["prompt"]["5"]["inputs"]["filename_prefix"].startswith(HOSTILE + "_")

@@ -88,8 +88,13 @@ class EndpointController(Controller):
         engine = state.engine
         return [endpoint_info(s, engine.workflows) for s in engine.fleet.states()]
 
-    @post("", operation_id="addEndpoint", summary="Add a ComfyUI endpoint", status_code=201,
-          guards=[require_admin])
+    @post(
+        "",
+        operation_id="addEndpoint",
+        summary="Add a ComfyUI endpoint",
+        status_code=201,
+        guards=[require_admin],
+    )
     async def add_endpoint(self, data: JSONBody[EndpointRequest], state: State) -> EndpointInfo:
         engine = state.engine
         try:
@@ -99,8 +104,13 @@ class EndpointController(Controller):
             raise RequestError(f"url: {exc}", field="url", status_code=status) from None
         return endpoint_info(monitor.state(), engine.workflows)
 
-    @delete("/{name:str}", operation_id="removeEndpoint", status_code=202,
-            summary="Drain and remove an endpoint", guards=[require_admin])
+    @delete(
+        "/{name:str}",
+        operation_id="removeEndpoint",
+        status_code=202,
+        summary="Drain and remove an endpoint",
+        guards=[require_admin],
+    )
     async def remove_endpoint(self, name: FromPath[str], state: State) -> EndpointInfo:
         engine = state.engine
         monitor = engine.fleet.get(name)

@@ -17,7 +17,9 @@ class SubmitRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     timeout: (
         Annotated[
             float,
-            msgspec.Meta(gt=0, le=30 * 86400, description="Seconds before TIMEOUT (at most 30 days)."),
+            msgspec.Meta(
+                gt=0, le=30 * 86400, description="Seconds before TIMEOUT (at most 30 days)."
+            ),
         ]
         | None
     ) = None

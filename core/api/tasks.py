@@ -7,7 +7,6 @@ import datetime as dt
 from typing import Annotated
 
 import msgspec
-
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.params import JSONBody, Parameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
@@ -15,11 +14,10 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 from ..auth import caller
 from ..errors import RequestError
 from ..models import Task, TaskStatus
-from ..store import TaskQuery
 from ..records import TaskRecord, render_task
+from ..store import TaskQuery
 from .params import TaskId
 from .schemas import SubmitRequest, TaskEventInfo
-
 
 STREAM_LIMIT = 24 * 3600.0
 """An event stream ends with its task, or after this many seconds."""
@@ -44,7 +42,8 @@ MAX_WAIT = 60.0
 WaitParam = Annotated[
     float,
     Parameter(
-        ge=0, le=MAX_WAIT,
+        ge=0,
+        le=MAX_WAIT,
         description=f"Seconds (at most {MAX_WAIT:g}) to wait for the task to end: 200 with the "
         "final record if it ends in time, else 202 with the current one.",
     ),
@@ -140,7 +139,8 @@ class TaskController(Controller):
         return await waited(request, await visible_task(request, task_id), wait, 200)
 
     @get(
-        "/{task_id:int}/events", operation_id="streamTaskEvents",
+        "/{task_id:int}/events",
+        operation_id="streamTaskEvents",
         summary="Server-Sent Events: state changes and progress, then the final record",
     )
     async def events(self, task_id: TaskId, request: Request) -> ServerSentEvent:
@@ -200,9 +200,7 @@ class TaskController(Controller):
         headers = {"x-next-cursor": str(tasks[-1].id)} if len(tasks) == limit else {}
         return Response([await render_task(t, pm) for t in tasks], headers=headers)
 
-    @delete(
-        "/{task_id:int}", operation_id="cancelTask", status_code=200, summary="Cancel a task"
-    )
+    @delete("/{task_id:int}", operation_id="cancelTask", status_code=200, summary="Cancel a task")
     async def cancel_task(self, task_id: TaskId, request: Request) -> TaskRecord:
         await visible_task(request, task_id)
         task = await request.app.state.engine.cancel(task_id)

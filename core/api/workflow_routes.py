@@ -71,7 +71,10 @@ def request_struct(workflow: Workflow) -> type[msgspec.Struct]:
         if f.name not in ("service_type", "params")
     ]
     return msgspec.defstruct(
-        f"{title}TaskRequest", [("params", params), *extras], kw_only=True, forbid_unknown_fields=True
+        f"{title}TaskRequest",
+        [("params", params), *extras],
+        kw_only=True,
+        forbid_unknown_fields=True,
     )
 
 

@@ -29,7 +29,8 @@ def describe_rejection(body: Any) -> str:
         parts.append(str(error["details"]))
     for node_id, node in (body.get("node_errors") or {}).items():
         for err in node.get("errors", ()):
-            parts.append(f"node {node_id} ({node.get('class_type')}): {err.get('details') or err.get('message')}")
+            reason = err.get("details") or err.get("message")
+            parts.append(f"node {node_id} ({node.get('class_type')}): {reason}")
     return "; ".join(parts)[:1000]
 
 

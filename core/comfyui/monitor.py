@@ -78,6 +78,10 @@ class EndpointMonitor:
         """Set when the endpoint is being removed: no new work, the rest finishes."""
         self.watches: dict[str, Watch] = {}
         self._ws = None
+        self._settle: asyncio.Task | None = None
+        self.idle = asyncio.Event()
+        """Set while no prompt of ours is in flight here (removal waits for it)."""
+        self.idle.set()
         self._down_since: float | None = None
         self._tasks: list[asyncio.Task] = []
 
@@ -103,10 +107,13 @@ class EndpointMonitor:
     def reserve(self, prompt_id: str) -> Watch:
         """Take a slot before uploading or posting, so no finish can race the watch."""
         watch = self.watches[prompt_id] = Watch(prompt_id)
+        self.idle.clear()
         return watch
 
     def release(self, prompt_id: str) -> None:
         if self.watches.pop(prompt_id, None) is not None:
+            if not self.watches:
+                self.idle.set()
             self.on_change()
 
     # ---- lifecycle ----------------------------------------------------------------------
@@ -168,8 +175,8 @@ class EndpointMonitor:
         info = await self.client.object_info()
         self.node_classes = frozenset(info)
         self._set_status("up")
-        if self.watches:
-            asyncio.create_task(self.reconcile())
+        if self.watches:  # events sent while we were away are lost: ask history
+            self._settle = asyncio.create_task(self.reconcile())
 
     # ---- messages ---------------------------------------------------------------------
 

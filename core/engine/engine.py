@@ -26,8 +26,7 @@ from ..errors import EndpointUnavailable, ErrorCode, RequestError, TaskFailure
 from ..hookcall import call_all, call_first
 from ..inputs import decode_image, fetch_image, is_url
 from ..logs import current_task_id
-from ..models import Task, TaskEvent, TaskProgress, TaskResult, TaskStatus, utcnow
-from ..models import WEBHOOK_EVENTS
+from ..models import WEBHOOK_EVENTS, Task, TaskEvent, TaskProgress, TaskResult, TaskStatus, utcnow
 from ..store import DuplicateClientTaskId, TaskStore
 from ..urls import UrlPolicy
 from ..workflows import Workflow, WorkflowRegistry, tag_output_prefixes
@@ -233,8 +232,10 @@ class Engine:
         try:
             task = await self.store.create(
                 task,
-                [TaskEvent(task_id=0, status="accepted", at=now),
-                 TaskEvent(task_id=0, status="queued", at=now)],
+                [
+                    TaskEvent(task_id=0, status="accepted", at=now),
+                    TaskEvent(task_id=0, status="queued", at=now),
+                ],
             )
         except DuplicateClientTaskId as dup:
             if dup.existing.request_hash != digest or dup.existing.client != client:
@@ -246,7 +247,9 @@ class Engine:
             return dup.existing, False
         self._arm_deadline(task)
         await call_all(
-            self.pm.hook.on_task_event, isolate=True, task=task,
+            self.pm.hook.on_task_event,
+            isolate=True,
+            task=task,
             event=TaskEvent(task_id=task.id, status="queued", at=now),
         )
         self.wake()
@@ -258,7 +261,9 @@ class Engine:
         if cap and await self.store.count_queued() >= cap:
             raise RequestError(
                 f"the queue is full ({cap} tasks waiting, MAX_QUEUE_DEPTH); retry later",
-                field="queue", status_code=503, retry_after=5,
+                field="queue",
+                status_code=503,
+                retry_after=5,
             )
 
     async def _load_images(self, workflow: Workflow, params: dict[str, Any]) -> None:
@@ -270,8 +275,12 @@ class Engine:
                 continue
             if is_url(value):
                 params[name] = await fetch_image(
-                    field, value, http=self.http, policy=self.url_policy,
-                    max_bytes=max_bytes, timeout=self.settings.image_fetch_timeout,
+                    field,
+                    value,
+                    http=self.http,
+                    policy=self.url_policy,
+                    max_bytes=max_bytes,
+                    timeout=self.settings.image_fetch_timeout,
                 )
             else:
                 decode_image(field, value, max_bytes)
@@ -359,16 +368,24 @@ class Engine:
         """Start the task on an endpoint; False leaves it queued for later."""
         workflow = self.workflows.get(task.workflow)
         if workflow is None:
-            await self._finish(task, "failed", ErrorCode.BUILD_PROMPT_ERROR,
-                               f"workflow {task.workflow!r} is no longer deployed")
+            await self._finish(
+                task,
+                "failed",
+                ErrorCode.BUILD_PROMPT_ERROR,
+                f"workflow {task.workflow!r} is no longer deployed",
+            )
             return True
         states = self.fleet.states()
-        if states and all(s.node_classes is not None for s in states) and not any(
-            s.can_run(workflow.node_classes) for s in states
+        if (
+            states
+            and all(s.node_classes is not None for s in states)
+            and not any(s.can_run(workflow.node_classes) for s in states)
         ):
             missing = sorted(workflow.node_classes - set().union(*(s.node_classes for s in states)))
             await self._finish(
-                task, "failed", ErrorCode.NO_CAPABLE_ENDPOINT,
+                task,
+                "failed",
+                ErrorCode.NO_CAPABLE_ENDPOINT,
                 "no endpoint offers every node class of workflow "
                 f"{workflow.name!r}; missing everywhere: {', '.join(missing) or '(none alone)'}",
             )
@@ -418,7 +435,9 @@ class Engine:
         self.feed.publish(attempt.task.id, progress)
         if self.pm.hook.on_progress.get_hookimpls():
             self.spawn(
-                call_all(self.pm.hook.on_progress, isolate=True, task=attempt.task, progress=progress)
+                call_all(
+                    self.pm.hook.on_progress, isolate=True, task=attempt.task, progress=progress
+                )
             )
 
     # ---- one attempt ----------------------------------------------------------------------
@@ -444,7 +463,9 @@ class Engine:
             raise  # shutdown: the saved state lets the next start resume this task
         except Exception as exc:
             log.exception("task %s failed unexpectedly", attempt.task.id)
-            await self._finish(attempt.task, "failed", ErrorCode.UNKNOWN, f"internal error: {exc!r}")
+            await self._finish(
+                attempt.task, "failed", ErrorCode.UNKNOWN, f"internal error: {exc!r}"
+            )
         finally:
             self._attempts.pop(attempt.task.id, None)
             self._by_prompt.pop(watch.prompt_id, None)
@@ -458,10 +479,15 @@ class Engine:
         try:
             prompt = await call_first(
                 self.pm.hook.build_prompt,
-                workflow=workflow, params=params, task=task, endpoint=monitor.state(),
+                workflow=workflow,
+                params=params,
+                task=task,
+                endpoint=monitor.state(),
             )
         except Exception as exc:
-            raise TaskFailure(ErrorCode.BUILD_PROMPT_ERROR, f"build_prompt failed: {exc!r}") from exc
+            raise TaskFailure(
+                ErrorCode.BUILD_PROMPT_ERROR, f"build_prompt failed: {exc!r}"
+            ) from exc
         if prompt is None:
             raise TaskFailure(ErrorCode.BUILD_PROMPT_ERROR, "no plugin built a prompt")
         tag_output_prefixes(prompt, attempt.prompt_id.replace("-", "")[:12])
@@ -534,9 +560,7 @@ class Engine:
         workflow = self.workflows.get(task.workflow)
         output_nodes = workflow.output_nodes if workflow else None
         refs, code, message = await self.collector.collect(task, client, entry, output_nodes)
-        task = msgspec.structs.replace(
-            task, outputs=tuple(refs), timings=attempt.timings(utcnow())
-        )
+        task = msgspec.structs.replace(task, outputs=tuple(refs), timings=attempt.timings(utcnow()))
         if code != ErrorCode.SUCCESS:
             await self._finish(task, "failed", code, message)
         elif not refs:
@@ -571,7 +595,9 @@ class Engine:
     async def _retry_or_fail(self, task: Task, reason: str) -> None:
         if task.attempts >= self.settings.max_attempts:
             await self._finish(
-                task, "failed", ErrorCode.ENDPOINT_LOST,
+                task,
+                "failed",
+                ErrorCode.ENDPOINT_LOST,
                 f"gave up after {task.attempts} attempt(s): {reason}",
             )
             return
@@ -594,14 +620,36 @@ class Engine:
         if not await self._record(task, status, message):
             log.info("task %s had already ended elsewhere; %s not recorded", task.id, status)
             return await self.store.get(task.id) or task
-        log.info("task %s %s (error_code %s)%s", task.id, status, int(code),
-                 f": {message}" if message else "")
+        log.info(
+            "task %s %s (error_code %s)%s",
+            task.id,
+            status,
+            int(code),
+            f": {message}" if message else "",
+        )
         result = TaskResult(
             status=status, outputs=task.outputs, error_code=int(code), error=message
         )
+        await self._announce(task, result)
+        return task
+
+    async def _announce(self, task: Task, result: TaskResult) -> None:
         await call_all(self.pm.hook.on_result, isolate=True, task=task, result=result)
         await call_all(self.pm.hook.notify, isolate=True, task=task, result=result)
-        return task
+        await self.store.mark_notified(task.id)
+
+    async def _announce_missed(self) -> None:
+        """Ends saved just before a crash were never announced: announce them now."""
+        for task in await self.store.claim_unnotified(self.settings.replica_timeout, 100):
+            log.info("task %s: announcing its end, missed before a restart", task.id)
+            result = TaskResult(
+                status=task.status,
+                outputs=task.outputs,
+                error_code=task.error_code,
+                error=task.error,
+                replayed=True,
+            )
+            await self._announce(task, result)
 
     # ---- recovery -----------------------------------------------------------------------
 
@@ -620,6 +668,7 @@ class Engine:
             try:
                 await self.store.heartbeat(self.owner)
                 await self._adopt(own=False)
+                await self._announce_missed()
             except Exception:
                 log.exception("replica heartbeat failed; retrying")
 

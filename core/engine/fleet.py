@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterable
 
 import httpx
@@ -82,8 +81,7 @@ class Fleet:
 
     async def remove(self, name: str) -> None:
         monitor = self.drain(name)
-        while monitor.watches:
-            await asyncio.sleep(0.1)
+        await monitor.idle.wait()
         await monitor.close()
         if self.monitors.get(name) is monitor:
             del self.monitors[name]

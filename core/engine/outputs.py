@@ -138,7 +138,11 @@ class OutputCollector:
             await obstore.put_async(self._fallback_store, path, counted(), max_concurrency=2)
         except Exception as exc:
             log.error("task %s: fallback write failed for %s: %r", task.id, path, exc)
-            code = ErrorCode.RETRIEVE_IMAGE_ERROR if isinstance(exc, DownloadFailed) else ErrorCode.S3_UPLOAD_ERROR
+            code = (
+                ErrorCode.RETRIEVE_IMAGE_ERROR
+                if isinstance(exc, DownloadFailed)
+                else ErrorCode.S3_UPLOAD_ERROR
+            )
             return None, code, f"store failed ({cause!r}) and fallback failed ({exc!r})"
         ref = OutputRef(
             key=path,
@@ -149,4 +153,8 @@ class OutputCollector:
             size=size,
             storage="fallback",
         )
-        return ref, ErrorCode.S3_UPLOAD_ERROR, f"store failed, kept in the fallback folder: {cause!r}"
+        return (
+            ref,
+            ErrorCode.S3_UPLOAD_ERROR,
+            f"store failed, kept in the fallback folder: {cause!r}",
+        )

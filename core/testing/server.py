@@ -130,7 +130,10 @@ class ServerProcess:
         import httpx
 
         self.process = subprocess.Popen(
-            self.command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            self.command,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             text=True,
         )
         threading.Thread(target=self._read_output, daemon=True).start()

@@ -12,8 +12,8 @@ from typing import Annotated, Any
 from urllib.parse import urlencode, urlsplit
 
 from comfyui_server.core import RequestError, Task
-from comfyui_server.core.models import utcnow
 from comfyui_server.core.api.params import TaskId
+from comfyui_server.core.models import utcnow
 from comfyui_server.core.records import output_record, render_task
 from comfyui_server.core.store import TaskQuery
 from litestar import Request, Response, Router, get, post
@@ -293,7 +293,9 @@ async def cancel(request: Request, task_id: TaskId) -> Response:
 
 
 @get("/thumbs/{task_id:int}/{index:int}", opt={"fragment": True})
-async def thumbnail(request: Request, task_id: TaskId, index: Annotated[int, PathParameter(ge=0, le=10_000)]) -> Response:
+async def thumbnail(
+    request: Request, task_id: TaskId, index: Annotated[int, PathParameter(ge=0, le=10_000)]
+) -> Response:
     task = await visible_task(request, task_id)
     if not 0 <= index < len(task.outputs):
         raise RequestError(f"task {task_id} has no output {index}", field="index", status_code=404)

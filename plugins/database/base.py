@@ -203,6 +203,28 @@ class SqlTaskStore(Outbox, ABC):
         )
         return sorted(map(rows.decode_task, found), key=lambda t: t.id)
 
+    async def mark_notified(self, task_id: int) -> None:
+        await self._write(
+            f"UPDATE {rows.TASK_TABLE} SET notified_at = $2 WHERE id = $1",
+            task_id,
+            dt.datetime.now(dt.UTC),
+        )
+
+    async def claim_unnotified(self, stale_after: float, limit: int) -> list[Task]:
+        now = dt.datetime.now(dt.UTC)
+        ended = "status IN ('completed', 'failed', 'cancelled') AND notified_at IS NULL"
+        found = await self._write(
+            f"""UPDATE {rows.TASK_TABLE} SET notified_at = $1
+            WHERE {ended} AND id IN (
+                SELECT id FROM {rows.TASK_TABLE}
+                WHERE {ended} AND finished_at < $2 ORDER BY id LIMIT $3)
+            RETURNING {rows.columns()}""",
+            now,
+            now - dt.timedelta(seconds=stale_after),
+            limit,
+        )
+        return sorted(map(rows.decode_task, found), key=lambda t: t.id)
+
     async def unfinished(self) -> list[Task]:
         statuses = ", ".join(f"'{s}'" for s in UNFINISHED)
         found = await self._fetch(f"{rows.SELECT_TASK} WHERE status IN ({statuses}) ORDER BY id")

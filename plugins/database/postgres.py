@@ -39,6 +39,7 @@ _CREATE = f"""
     )
     SELECT id FROM task"""
 
+
 def _save_with_event(update: str) -> str:
     return f"""
     WITH task AS ({update} RETURNING id)
@@ -47,8 +48,10 @@ def _save_with_event(update: str) -> str:
 
 
 _SAVE = {
-    False: (rows.UPDATE_STATE + rows.NOT_ENDED + " RETURNING id",
-            _save_with_event(rows.UPDATE_STATE + rows.NOT_ENDED)),
+    False: (
+        rows.UPDATE_STATE + rows.NOT_ENDED + " RETURNING id",
+        _save_with_event(rows.UPDATE_STATE + rows.NOT_ENDED),
+    ),
     True: (rows.UPDATE_STATE + " RETURNING id", _save_with_event(rows.UPDATE_STATE)),
 }
 
@@ -134,7 +137,9 @@ class PostgresTaskStore(SqlTaskStore):
             and exc.constraint_name == rows.UNIQUE_CLIENT_TASK_ID
         )
 
-    async def save(self, task: Task, event: TaskEvent | None = None, *, force: bool = False) -> bool:
+    async def save(
+        self, task: Task, event: TaskEvent | None = None, *, force: bool = False
+    ) -> bool:
         plain, with_event = _SAVE[force]
         async with self.pool.acquire() as conn:
             if event is None:

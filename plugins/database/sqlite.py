@@ -145,7 +145,9 @@ class SQLiteTaskStore(SqlTaskStore):
     def _is_duplicate(self, exc: Exception) -> bool:
         return isinstance(exc, sqlite3.IntegrityError) and "client_task_id" in str(exc)
 
-    async def save(self, task: Task, event: TaskEvent | None = None, *, force: bool = False) -> bool:
+    async def save(
+        self, task: Task, event: TaskEvent | None = None, *, force: bool = False
+    ) -> bool:
         update = rows.UPDATE_STATE + ("" if force else rows.NOT_ENDED) + " RETURNING id"
         if event is None:
             return bool(await self._write(update, *rows.state_values(task)))
