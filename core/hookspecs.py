@@ -109,10 +109,14 @@ def shutdown(app: Litestar) -> None:
 
 @hookspec(firstresult=True)
 def schedule_endpoint(
-    task: Task, endpoints: Sequence[EndpointState], workflow: Workflow
+    task: Task, endpoints: Sequence[EndpointState], workflow: Workflow, backlog: int
 ) -> EndpointState | None:
     """Pick the ComfyUI endpoint for ``task`` among ``endpoints`` (all known endpoints, each
     with status, ComfyUI queue, our in-flight count, free slots and node classes).
+
+    ``backlog`` is how many tasks wait for an endpoint, ``task`` included (1: it is the last
+    one), so a scheduler can hold the tail of a batch back for a faster endpoint instead of
+    starting it on a slow one. Like every hook argument, an implementation may leave it out.
 
     First result wins. None means "no opinion": the next implementation is asked; when every
     one returns None the task stays queued and is offered again when a slot frees up.

@@ -354,17 +354,19 @@ class Engine:
             tasks = await self.store.claim(self.owner, free)
             if not tasks:
                 return
+            # queued counts claimed tasks too; only schedulers that look ahead need it
+            backlog = await self.store.count_queued() if len(tasks) == free else len(tasks)
             not_now = []
-            for task in tasks:
+            for position, task in enumerate(tasks):
                 if task.id in self._stopped:
                     continue
-                if not await self._dispatch(task):
+                if not await self._dispatch(task, max(1, backlog - position)):
                     not_now.append(task.id)
             if not_now:
                 await self.store.release(not_now)
                 return
 
-    async def _dispatch(self, task: Task) -> bool:
+    async def _dispatch(self, task: Task, backlog: int) -> bool:
         """Start the task on an endpoint; False leaves it queued for later."""
         workflow = self.workflows.get(task.workflow)
         if workflow is None:
@@ -391,7 +393,11 @@ class Engine:
             )
             return True
         choice = await call_first(
-            self.pm.hook.schedule_endpoint, task=task, endpoints=states, workflow=workflow
+            self.pm.hook.schedule_endpoint,
+            task=task,
+            endpoints=states,
+            workflow=workflow,
+            backlog=backlog,
         )
         monitor = self.fleet.get(getattr(choice, "name", None))
         if monitor is None or not monitor.state().accepts(workflow.node_classes):
