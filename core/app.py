@@ -98,13 +98,8 @@ def create_app(
                 settings.base_url,
             )
         await store.open()
-        # keep-alive for every connection in use at once (each endpoint's prompts, history,
-        # views and uploads): reopening connections costs more than the requests
-        http = httpx.AsyncClient(
-            timeout=httpx.Timeout(30.0, connect=5.0),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
-            trust_env=False,
-        )
+        # for image URLs and plugins; each ComfyUI endpoint has its own pool (client.py)
+        http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0), trust_env=False)
         started = False
         try:
             # the engine exists before plugins start, so they can reach it (app.state.engine),

@@ -122,8 +122,11 @@ class TaskStore(Protocol):
 
     # ---- the webhook outbox: deliveries survive a restart and are sent by one replica ----
 
-    async def add_delivery(self, delivery: WebhookDelivery) -> None:
-        """Record a new delivery (unclaimed) before anything is sent."""
+    async def add_delivery(
+        self, delivery: WebhookDelivery, *, owner: str | None = None, lease: float = 0.0
+    ) -> None:
+        """Record a new delivery before anything is sent. With `owner`, it is recorded as
+        claimed by `owner` for `lease` seconds, so the first attempt needs no second write."""
         ...
 
     async def get_delivery(self, delivery_id: str) -> WebhookDelivery | None: ...
@@ -149,7 +152,8 @@ class TaskStore(Protocol):
         self, delivery_id: str, owner: str, lease: float
     ) -> WebhookDelivery | None:
         """Hold a pending, due delivery for `lease` seconds so that no other process sends it
-        meanwhile. None when it has ended, is not due yet, or another owner holds it."""
+        meanwhile (the holder may renew its own claim). None when it has ended, is not due
+        yet, or another owner holds it."""
         ...
 
     async def save_delivery(self, delivery: WebhookDelivery, owner: str) -> bool:
@@ -296,8 +300,12 @@ class MemoryTaskStore:
         claim = self._claims.get(delivery_id)
         return claim if claim is not None and claim.until >= now else None
 
-    async def add_delivery(self, delivery: WebhookDelivery) -> None:
+    async def add_delivery(
+        self, delivery: WebhookDelivery, *, owner: str | None = None, lease: float = 0.0
+    ) -> None:
         self._deliveries[delivery.id] = delivery
+        if owner is not None:
+            self._claims[delivery.id] = _Claim(owner, utcnow() + dt.timedelta(seconds=lease))
 
     async def get_delivery(self, delivery_id: str) -> WebhookDelivery | None:
         return self._deliveries.get(delivery_id)
@@ -337,7 +345,7 @@ class MemoryTaskStore:
             or delivery.status != "pending"
             or delivery.next_attempt_at is None
             or delivery.next_attempt_at > now
-            or self._held(delivery_id, now) is not None
+            or getattr(self._held(delivery_id, now), "owner", owner) != owner
         ):
             return None
         self._claims[delivery_id] = _Claim(owner, now + dt.timedelta(seconds=lease))

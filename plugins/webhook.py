@@ -66,6 +66,8 @@ POLL_BATCH = 500
 """Deliveries taken from the outbox per poll; the rest wait for the next one."""
 LEASE_MARGIN = 10.0
 """Seconds a claim outlives the attempt's timeout (the store write that ends it)."""
+DRAIN_LIMIT = 64 * 1024
+"""Bytes of a receiver's answer read to keep its connection; nobody reads the body."""
 
 
 class WebhookSettings(msgspec.Struct, frozen=True, kw_only=True, rename="upper"):
@@ -268,9 +270,20 @@ class Sender:
                 "POST", delivery.url, content=delivery.body, headers=headers
             ) as response:
                 retry_after = parse_retry_after(response.headers.get("retry-after"), utcnow())
+                await _drain(response)
                 return Outcome(status_code=response.status_code, retry_after=retry_after)
         except httpx.HTTPError as exc:
             return Outcome(error=f"{type(exc).__name__}: {exc}".rstrip(": "))
+
+
+async def _drain(response: httpx.Response) -> None:
+    """Read a short answer to its end, so its connection goes back to the pool (an unread
+    body closes it: measured, a new TCP connection per delivery); a long one is dropped."""
+    read = 0
+    async for chunk in response.aiter_raw():
+        read += len(chunk)
+        if read > DRAIN_LIMIT:
+            return
 
 
 # ---- the outbox worker of one app -------------------------------------------------------------
@@ -332,26 +345,46 @@ class Outbox:
             next_attempt_at=now,
             expires_at=now + dt.timedelta(seconds=self.own.webhook_retry_window),
         )
-        await self.store.add_delivery(delivery)
-        self.schedule(delivery)
+        # recorded as ours: the first attempt needs no claim (a write fewer per task, and
+        # none inside the receiver's slot); a crash before it leaves the lease to run out
+        await self.store.add_delivery(delivery, owner=self.owner, lease=self.lease)
+        held_until = time.monotonic() + self.lease
+        self.schedule(delivery, held=(delivery, held_until))
         return delivery
 
-    def schedule(self, delivery: WebhookDelivery) -> None:
+    def schedule(
+        self, delivery: WebhookDelivery, held: tuple[WebhookDelivery, float] | None = None
+    ) -> None:
         if delivery.id in self._running or delivery.next_attempt_at is None:
             return
-        run = asyncio.create_task(self._run(delivery.id, delivery.url, delivery.next_attempt_at))
+        run = asyncio.create_task(
+            self._run(delivery.id, delivery.url, delivery.next_attempt_at, held)
+        )
         self._running[delivery.id] = run
         run.add_done_callback(lambda _: self._running.pop(delivery.id, None))
 
     # ---- sending ---------------------------------------------------------------------------
 
-    async def _run(self, delivery_id: str, url: str, due: dt.datetime) -> None:
-        """Attempt after attempt until the delivery ends or another process holds it."""
+    async def _run(
+        self,
+        delivery_id: str,
+        url: str,
+        due: dt.datetime,
+        held: tuple[WebhookDelivery, float] | None = None,
+    ) -> None:
+        """Attempt after attempt until the delivery ends or another process holds it.
+        `held` is a delivery recorded as ours, with when (monotonic) that claim runs out."""
         try:
             while True:
                 await _sleep_until(due)
                 async with self.slot(url):
-                    delivery = await self.store.claim_delivery(delivery_id, self.owner, self.lease)
+                    if held is not None and held[1] - time.monotonic() > self.sender.timeout:
+                        delivery = held[0]  # still ours for a whole attempt: no claim needed
+                    else:
+                        delivery = await self.store.claim_delivery(
+                            delivery_id, self.owner, self.lease
+                        )
+                    held = None
                     if delivery is None:  # ended, rescheduled, or another process sends it
                         return
                     outcome = await self.sender.send(delivery)

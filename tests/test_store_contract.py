@@ -509,3 +509,24 @@ async def test_an_end_never_announced_is_handed_out_once(store):
     fresh = await store.create(new_task(), first_events())
     await store.save(replace(fresh, status="completed", finished_at=dt.datetime.now(dt.UTC)))
     assert await store.claim_unnotified(10, 100) == []  # its finisher may still be announcing
+
+
+async def test_a_delivery_added_with_an_owner_is_held_by_it(store):
+    (task,) = await add(store, 1)
+    delivery = new_delivery(task)
+    await store.add_delivery(delivery, owner="sender", lease=0.5)
+    assert await store.pending_deliveries(utcnow(), 10) == []  # nobody else schedules it
+    assert await store.claim_delivery(delivery.id, "other", 60) is None
+    assert await store.save_delivery(replace(delivery, attempts=1), "sender")  # no claim needed
+    assert await store.claim_delivery(delivery.id, "other", 0.5) == replace(delivery, attempts=1)
+
+
+async def test_a_holder_renews_its_claim_and_an_unclaimed_add_is_free(store):
+    (task,) = await add(store, 1)
+    held, free = new_delivery(task), new_delivery(task)
+    await store.add_delivery(held, owner="sender", lease=0.5)
+    await store.add_delivery(free)
+    assert await store.claim_delivery(held.id, "sender", 60) == held  # renewed
+    await asyncio.sleep(0.6)
+    assert await store.claim_delivery(held.id, "other", 60) is None  # renewal outlived 0.5 s
+    assert await store.pending_deliveries(utcnow(), 10) == [free]

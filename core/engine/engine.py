@@ -8,11 +8,13 @@ task can be picked up again. Plugins are called through `core.hookcall` only.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import hashlib
 import logging
 import socket
+import time
 import uuid
 from typing import Any
 
@@ -38,6 +40,9 @@ log = logging.getLogger(__name__)
 
 INPUT_SUBFOLDER = "comfyui-server"
 """Where our uploads go inside ComfyUI's input folder."""
+PREFETCH_HOLD = 10.0
+"""Seconds a task claimed ahead may wait in this replica before it goes back to the shared
+queue; well inside the store's claim lease (the database plugin's DB_CLAIM_LEASE, 60 s)."""
 
 
 class EndpointLost(Exception):
@@ -114,7 +119,6 @@ class Engine:
         self.url_policy = UrlPolicy(settings.url_allowlist)
         self.fleet = Fleet(
             settings.comfyui_endpoints,
-            http,
             capacity=settings.max_in_flight_per_endpoint,
             on_change=self.wake,
             on_started=self._on_started,
@@ -129,6 +133,10 @@ class Engine:
         self._by_prompt: dict[str, Attempt] = {}
         self._runs: set[asyncio.Task] = set()
         self._timers: dict[int, asyncio.TimerHandle] = {}
+        self._ready: collections.deque[tuple[Task, float]] = collections.deque()
+        """Tasks claimed ahead, with when (monotonic), in queue order."""
+        self._more_queued = False
+        """Whether the last claim left tasks in the shared queue."""
         self._stopped: set[int] = set()
         """Queued tasks ended by cancel/deadline; a claim that races them skips them."""
         self._loop_tasks: list[asyncio.Task] = []
@@ -153,6 +161,8 @@ class Engine:
                 await loop_task
         for timer in self._timers.values():
             timer.cancel()
+        with contextlib.suppress(Exception):  # else the claim lease runs out
+            await self._return_stale(older_than=-1.0)
         runs = list(self._runs)
         for run in runs:
             run.cancel()
@@ -350,21 +360,44 @@ class Engine:
                 await asyncio.sleep(0.5)
 
     async def _dispatch_round(self) -> None:
-        while (free := self.fleet.free_slots()) > 0:
-            tasks = await self.store.claim(self.owner, free)
-            if not tasks:
+        await self._return_stale()
+        while self.fleet.free_slots() > 0:
+            if not self._ready and not await self._claim_ahead():
                 return
-            # queued counts claimed tasks too; only schedulers that look ahead need it
-            backlog = await self.store.count_queued() if len(tasks) == free else len(tasks)
-            not_now = []
-            for position, task in enumerate(tasks):
+            # a scheduler that looks ahead needs the backlog; queued counts claimed tasks
+            backlog = await self.store.count_queued() if self._more_queued else len(self._ready)
+            kept: list[tuple[Task, float]] = []
+            position = 0
+            while self._ready and self.fleet.free_slots() > 0:
+                task, claimed_at = self._ready.popleft()
                 if task.id in self._stopped:
                     continue
-                if not await self._dispatch(task, max(1, backlog - position)):
-                    not_now.append(task.id)
-            if not_now:
-                await self.store.release(not_now)
+                if await self._dispatch(task, max(1, backlog - position)):
+                    position += 1
+                else:
+                    kept.append((task, claimed_at))
+            self._ready.extendleft(reversed(kept))
+            if kept:  # the scheduler said "not now": ask again when something changes
                 return
+
+    async def _claim_ahead(self) -> bool:
+        """Claim the tasks for the free slots and as many again, so the next slots to free
+        up are filled from memory, not after a database round trip."""
+        limit = self.fleet.free_slots() + self.fleet.total_slots()
+        tasks = await self.store.claim(self.owner, limit)
+        self._more_queued = len(tasks) == limit
+        now = time.monotonic()
+        self._ready.extend((task, now) for task in tasks)
+        return bool(tasks)
+
+    async def _return_stale(self, older_than: float = PREFETCH_HOLD) -> None:
+        """Give claimed tasks that waited here too long back to the shared queue, where
+        another replica may start them sooner."""
+        limit = time.monotonic() - older_than
+        stale = [task.id for task, claimed_at in self._ready if claimed_at <= limit]
+        if stale:
+            self._ready = collections.deque(e for e in self._ready if e[0].id not in stale)
+            await self.store.release(stale)
 
     async def _dispatch(self, task: Task, backlog: int) -> bool:
         """Start the task on an endpoint; False leaves it queued for later."""
@@ -453,7 +486,8 @@ class Engine:
         monitor, watch = attempt.monitor, attempt.watch
         try:
             if fresh:
-                await self._step(attempt, "dispatched")
+                if not await self._record(attempt.task, "dispatched"):
+                    return  # it ended while it waited to be dispatched (another replica)
                 await self._submit_prompt(attempt)
             await self._wait(attempt)
             await self._collect(attempt)
@@ -525,8 +559,11 @@ class Engine:
         return params
 
     async def _wait(self, attempt: Attempt) -> None:
-        """Wait for the prompt's end, recording `running` when ComfyUI starts it."""
+        """Wait for the prompt's end, recording `running` when ComfyUI starts it. That write
+        runs beside the wait, so a slow database never holds the endpoint's slot after the
+        prompt has ended; it is finished before anything else is recorded."""
         watch = attempt.watch
+        recording: asyncio.Future | None = None
         if attempt.task.status != "running":
             start_wait = asyncio.ensure_future(attempt.started.wait())
             try:
@@ -537,16 +574,21 @@ class Engine:
                 attempt.task = msgspec.structs.replace(
                     attempt.task, status="running", started_at=utcnow()
                 )
-                await self._step(attempt, "running")
-        outcome = await watch.future
-        attempt.ended_at = utcnow()
+                recording = asyncio.ensure_future(self._step(attempt, "running"))
+        try:
+            outcome = await watch.future
+            attempt.ended_at = utcnow()
+            if attempt.stop is None and outcome != "lost":
+                # ComfyUI is done with it: give the slot to the next task while we collect,
+                # store and notify (that reads /history and /view, never ComfyUI's queue)
+                attempt.monitor.release(watch.prompt_id)
+        finally:
+            if recording is not None:
+                await recording
         if attempt.stop is not None:
             raise Stopped(attempt.stop)
         if outcome == "lost":
             raise EndpointLost(f"{attempt.task.endpoint} lost prompt {watch.prompt_id}")
-        # ComfyUI is done with it: give the slot to the next task while we collect, store
-        # and notify (that reads /history and /view, never ComfyUI's queue)
-        attempt.monitor.release(watch.prompt_id)
 
     async def _collect(self, attempt: Attempt) -> None:
         task, client = attempt.task, attempt.monitor.client

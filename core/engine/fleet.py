@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-import httpx
-
-from ..comfyui.client import ComfyUIClient, parse_endpoint
+from ..comfyui.client import ComfyUIClient, endpoint_name, parse_endpoint
 from ..comfyui.monitor import EndpointMonitor
 from ..errors import ConfigError
 from ..models import EndpointState
@@ -19,7 +17,6 @@ class Fleet:
     def __init__(
         self,
         specs: Iterable[str],
-        http: httpx.AsyncClient,
         *,
         capacity: int,
         on_change: Callable[[], None],
@@ -27,7 +24,6 @@ class Fleet:
         on_progress: Callable[[str, str | None, int | None, int | None], None] | None = None,
         **monitor_options: float,
     ) -> None:
-        self.http = http
         self.capacity = capacity
         self.on_change = on_change
         self._callbacks = {"on_started": on_started, "on_progress": on_progress}
@@ -42,9 +38,9 @@ class Fleet:
 
     def _make(self, spec: str) -> EndpointMonitor:
         url, weight = parse_endpoint(spec)
-        client = ComfyUIClient(url, self.http)
-        if client.name in self.monitors:
-            raise ValueError(f"{client.name} is listed twice")
+        if endpoint_name(url) in self.monitors:
+            raise ValueError(f"{endpoint_name(url)} is listed twice")
+        client = ComfyUIClient(url)
         monitor = self.monitors[client.name] = EndpointMonitor(
             client,
             capacity=self.capacity,
@@ -64,6 +60,7 @@ class Fleet:
         self.running = False
         for monitor in self.monitors.values():
             await monitor.close()
+            await monitor.client.aclose()
 
     def add(self, spec: str) -> EndpointMonitor:
         """Add an endpoint; ValueError when the spec is bad or the endpoint known."""
@@ -83,6 +80,7 @@ class Fleet:
         monitor = self.drain(name)
         await monitor.idle.wait()
         await monitor.close()
+        await monitor.client.aclose()
         if self.monitors.get(name) is monitor:
             del self.monitors[name]
         self.on_change()
@@ -92,6 +90,12 @@ class Fleet:
 
     def get(self, name: str | None) -> EndpointMonitor | None:
         return self.monitors.get(name) if name else None
+
+    def total_slots(self) -> int:
+        """Prompts the endpoints that take work could hold at once."""
+        return sum(
+            m.capacity for m in self.monitors.values() if m.status == "up" and not m.draining
+        )
 
     def free_slots(self) -> int:
         return sum(

@@ -40,13 +40,15 @@ _FREE = "(owner IS NULL OR lease_until < $2)"
 """Nobody holds the row; `$2` is now."""
 
 _INSERT = (
-    f"INSERT INTO {DELIVERY_TABLE} ({_COLUMNS}) VALUES ({placeholders(1, len(DELIVERY_COLUMNS))})"
+    f"INSERT INTO {DELIVERY_TABLE} ({_COLUMNS}, owner, lease_until) "
+    f"VALUES ({placeholders(1, len(DELIVERY_COLUMNS) + 2)})"
 )
 _PENDING = f"""{_SELECT}
     WHERE status = 'pending' AND next_attempt_at <= $1 AND {_FREE}
     ORDER BY next_attempt_at, id LIMIT $3"""
 _CLAIM = f"""UPDATE {DELIVERY_TABLE} SET owner = $3, lease_until = $4
-    WHERE id = $1 AND status = 'pending' AND next_attempt_at <= $2 AND {_FREE}
+    WHERE id = $1 AND status = 'pending' AND next_attempt_at <= $2
+        AND (owner IS NULL OR owner = $3 OR lease_until < $2)
     RETURNING {_COLUMNS}"""
 _SAVE = f"""UPDATE {DELIVERY_TABLE} SET
         status = $3, attempts = $4, last_status = $5, last_error = $6,
@@ -108,8 +110,11 @@ class Outbox:
     @abstractmethod
     async def _write(self, sql: str, *args: Any) -> Sequence[Sequence[Any]]: ...
 
-    async def add_delivery(self, delivery: WebhookDelivery) -> None:
-        await self._write(_INSERT, *delivery_values(delivery))
+    async def add_delivery(
+        self, delivery: WebhookDelivery, *, owner: str | None = None, lease: float = 0.0
+    ) -> None:
+        lease_until = utcnow() + dt.timedelta(seconds=lease) if owner is not None else None
+        await self._write(_INSERT, *delivery_values(delivery), owner, lease_until)
 
     async def get_delivery(self, delivery_id: str) -> WebhookDelivery | None:
         found = await self._fetch(f"{_SELECT} WHERE id = $1", delivery_id)
