@@ -16,7 +16,7 @@ from ..client import (
     submission,
     submit,
 )
-from ..harness import Emulators, Server, cpu_seconds, scratch_postgres
+from ..harness import Emulators, Server, cpu_seconds, machine_cpu, scratch_postgres
 from ..profile import Recorder, summarise
 from ..report import CaseResult, Context, Row
 
@@ -121,7 +121,10 @@ async def run(ctx: Context) -> CaseResult:
             f"{database}: {count} tasks in {count / rate:.1f} s from the first POST to the "
             f"last webhook; the POSTs alone ran at {submitted:.0f} /s while tasks completed. "
             f"Median ms per phase: {describe_phases(records)}. The server process used "
-            f"{ctx.shared['b_cpu'][database]:.2f} CPU cores on average meanwhile."
+            f"{ctx.shared['b_cpu'][database]:.2f} CPU cores on average meanwhile "
+            f"({ctx.shared['b_ms_per_task'][database]:.1f} ms of CPU per task), and the "
+            f"machine as a whole (server, emulators, load generator, database) was "
+            f"{100 * ctx.shared['b_machine'][database]:.0f} % busy."
         )
         if database in ctx.shared.get("b_profiles", {}):
             result.notes.append(
@@ -161,10 +164,14 @@ async def _server_run(
         recorder = (
             Recorder(server.pid, ctx.logs / f"b-profile-{label}.txt") if ctx.profile else None
         )
-        started, cpu0 = time.perf_counter(), cpu_seconds(server.pid)
+        started, cpu0, (busy0, total0) = time.perf_counter(), cpu_seconds(server.pid), machine_cpu()
         outcome = await through_server(ctx, server, count)
-        cpu = (cpu_seconds(server.pid) - cpu0) / (time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        cpu = (cpu_seconds(server.pid) - cpu0) / elapsed
+        busy1, total1 = machine_cpu()
         ctx.shared.setdefault("b_cpu", {})[label] = cpu
+        ctx.shared.setdefault("b_machine", {})[label] = (busy1 - busy0) / (total1 - total0)
+        ctx.shared.setdefault("b_ms_per_task", {})[label] = 1000 * cpu * elapsed / count
         if recorder is not None:
             ctx.shared.setdefault("b_profiles", {})[label] = summarise(recorder.stop(), top=12)
         return outcome
