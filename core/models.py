@@ -132,6 +132,10 @@ class EndpointState(msgspec.Struct, frozen=True, kw_only=True):
     node_classes: frozenset[str] | None = None
     """Node classes the endpoint offers (from /object_info), None while unknown."""
     last_error: str | None = None
+    seconds_per_task: float | None = None
+    """How long a prompt of ours takes to run here, in seconds: a moving average over the
+    recent ones that succeeded, from ComfyUI's `execution_start` to their end (time queued
+    in ComfyUI not included), over every workflow run here. None until one has."""
 
     @property
     def free_slots(self) -> int:

@@ -210,22 +210,31 @@ def test_endpoint_management_needs_an_admin_key(comfyui_emulator, server_factory
 def test_a_slow_endpoint_gets_its_share_and_the_makespan_stays_near_optimal(
     comfyui_emulator_factory, server_factory
 ):
-    """Two endpoints at 0.3 s a task and one three times slower. One prompt in each queue
-    at a time, so no task waits behind a slow one while a fast endpoint idles."""
+    """Two endpoints at 0.3 s a task and one three times slower; 30 tasks. The makespan,
+    from the first task's creation to the last one's end, is within 10% of the best split.
+
+    No warm-up: each endpoint's first prompt of the batch measures its speed (until then
+    the shortest queue decides), so the scheduler knows every speed long before the tail
+    of the batch, where it holds the last tasks back from the slow endpoint. Endpoints keep
+    the default two prompts each: with one, every endpoint idles for our own round trip
+    between prompts (about 25 ms a task here, 8% of the makespan before any scheduling),
+    and the speed-aware choice counts the prompt queued behind a running one, which is what
+    made one prompt per endpoint necessary for the plain shortest queue. The plain shortest
+    queue measured 1.16-1.19x here (one prompt or two per endpoint), the speed-aware one
+    1.02-1.06x."""
     fast = [comfyui_emulator_factory(node_time=0.15) for _ in range(2)]
     slow = comfyui_emulator_factory(node_time=0.45)
-    server = server_factory([*fast, slow], env={"MAX_IN_FLIGHT_PER_ENDPOINT": "1"})
+    server = server_factory([*fast, slow])
     ids = [submit(server, {"color": i, "width": 8, "height": 8})["id"] for i in range(30)]
     records = [wait_final(server.api, i, timeout=90) for i in ids]
+    assert {r["status"] for r in records} == {"completed"}
     counts = Counter(r["endpoint"] for r in records)
     assert counts[slow.address] < min(counts[f.address] for f in fast), counts
     # the best integer split of 30 tasks: each fast endpoint 13 (3.9 s), the slow one 4
-    # (3.6 s) -> 3.9 s. Greedy least-queue gives the slow endpoint a task near the end that
-    # a fast one would have finished sooner: measured 1.2x here (the issue asks 1.1x; see
-    # docs/benchmarks.md, case d, for equal endpoints at 1.006x)
+    # (3.6 s) -> 3.9 s
     optimal = min(
         max(n1 * 0.3, n2 * 0.3, (30 - n1 - n2) * 0.9) for n1 in range(31) for n2 in range(31 - n1)
     )
     start = min(dt.datetime.fromisoformat(r["created_at"]) for r in records)
     end = max(dt.datetime.fromisoformat(r["finished_at"]) for r in records)
-    assert (end - start).total_seconds() <= 1.3 * optimal, (end - start, optimal, counts)
+    assert (end - start).total_seconds() <= 1.1 * optimal, (end - start, optimal, counts)

@@ -4,6 +4,10 @@ The end of a prompt is `executing` with `node: null` for its prompt_id (ComfyUI 
 just before it; `execution_success` can arrive before history is readable). Messages sent
 while we are disconnected are lost, so after every reconnect, and every few seconds as a
 safety net, the prompts we wait for are checked against /history and /queue.
+
+The time from `execution_start` to that end, for the prompts that ran to success, gives the
+endpoint's speed (`seconds_per_task`), which lets the scheduler weigh a slow endpoint
+against a busy fast one.
 """
 
 from __future__ import annotations
@@ -26,13 +30,20 @@ from .client import ComfyUIClient
 
 log = logging.getLogger(__name__)
 
+SPEED_ALPHA = 0.3
+"""Weight of the newest run in the `seconds_per_task` moving average. An endpoint's speed
+changes (another client shares it, a model gets swapped in or out), and 0.3 follows a change
+within about five prompts (0.7**5 = 0.17 of the old figure left), while one odd run (one
+that first loads a model can take ten times as long) moves the average by less than a third
+of its difference, and that fades as quickly. The first run sets the average."""
+
 OutcomeKind = Literal["ended", "lost", "stopped"]
 
 
 class Watch:
     """A prompt we sent (or are about to send) and wait for."""
 
-    __slots__ = ("detail", "future", "prompt_id", "submitted")
+    __slots__ = ("detail", "future", "prompt_id", "ran_a_node", "started_at", "submitted")
 
     def __init__(self, prompt_id: str) -> None:
         self.prompt_id = prompt_id
@@ -40,6 +51,11 @@ class Watch:
         self.submitted = False
         self.detail: dict[str, Any] | None = None
         """The execution_error / execution_interrupted data, when one arrived."""
+        self.started_at: float | None = None
+        """`time.monotonic()` when its `execution_start` arrived (None if none was seen)."""
+        self.ran_a_node = False
+        """Set by `executing` for a node: False at the end means ComfyUI served it all from
+        its cache, which says nothing about how fast the endpoint runs a prompt."""
 
     def resolve(self, kind: OutcomeKind) -> None:
         if not self.future.done():
@@ -74,6 +90,8 @@ class EndpointMonitor:
         self.node_classes: frozenset[str] | None = None
         self.last_error: str | None = None
         self.weight = weight
+        self.seconds_per_task: float | None = None
+        """Moving average (`SPEED_ALPHA`) of how long our prompts ran here; see `timed`."""
         self.draining = False
         """Set when the endpoint is being removed: no new work, the rest finishes."""
         self.watches: dict[str, Watch] = {}
@@ -102,6 +120,7 @@ class EndpointMonitor:
             weight=self.weight,
             node_classes=self.node_classes,
             last_error=self.last_error,
+            seconds_per_task=self.seconds_per_task,
         )
 
     def reserve(self, prompt_id: str) -> Watch:
@@ -199,15 +218,42 @@ class EndpointMonitor:
         if kind == "executing":
             node = data.get("node")
             if node is None:
+                self.timed(watch)
                 watch.resolve("ended")
-            elif self.on_progress is not None:
-                self.on_progress(watch.prompt_id, str(node), None, None)
+            else:
+                watch.ran_a_node = True
+                if self.on_progress is not None:
+                    self.on_progress(watch.prompt_id, str(node), None, None)
         elif kind == "progress" and self.on_progress is not None:
             self.on_progress(watch.prompt_id, data.get("node"), data.get("value"), data.get("max"))
         elif kind == "execution_start":
+            watch.started_at = time.monotonic()
             self.on_started(watch.prompt_id)
         elif kind in ("execution_error", "execution_interrupted"):
             watch.detail = {"type": kind, **data}
+
+    def timed(self, watch: Watch) -> None:
+        """Fold the run of `watch`, which just ended, into `seconds_per_task`.
+
+        Only a run that says how fast the endpoint works counts: one whose start and end we
+        both saw on the websocket, that ran at least one node (not all from ComfyUI's
+        cache), without an error or an interruption (a prompt we stop is interrupted; one
+        given up as lost sends no end). Timing from the POST when the start was missed
+        would count the wait behind the prompts queued before it, and a prompt taken over
+        after a restart was not posted by this process at all: such runs are left out
+        rather than guessed.
+
+        One average per endpoint, whatever the workflow: the monitor does not know which
+        workflow a prompt runs. With a mixed load it is the endpoint's speed on that mix,
+        which still ranks endpoints that get the same mix.
+        """
+        if watch.started_at is None or not watch.ran_a_node or watch.detail is not None:
+            return
+        seconds = time.monotonic() - watch.started_at
+        if self.seconds_per_task is None:
+            self.seconds_per_task = seconds
+        else:
+            self.seconds_per_task += SPEED_ALPHA * (seconds - self.seconds_per_task)
 
     # ---- recovery ---------------------------------------------------------------------
 
