@@ -117,7 +117,7 @@ class EndpointController(Controller):
         if monitor is None:
             raise RequestError(f"no endpoint named {name!r}", field="name", status_code=404)
         engine.fleet.drain(name)
-        engine.spawn(engine.fleet.remove(name))
+        engine.spawn(engine.remove_endpoint(name))
         return endpoint_info(monitor.state(), engine.workflows)
 
 

@@ -174,6 +174,15 @@ class Engine:
     def wake(self) -> None:
         self._wakeup.set()
 
+    async def remove_endpoint(self, name: str) -> None:
+        """Drain the endpoint, let its prompts end and their outputs be collected (its slot
+        frees before collection), then forget it and close its connections."""
+        monitor = self.fleet.drain(name)
+        await monitor.idle.wait()
+        while busy := [a.done.wait() for a in self._attempts.values() if a.monitor is monitor]:
+            await asyncio.gather(*busy)
+        await self.fleet.remove(name)
+
     def client(self, endpoint: str | None) -> ComfyUIClient | None:
         """The HTTP client of an endpoint by name (`host:port`), for plugins that talk to
         ComfyUI themselves (cleanup, for instance)."""
