@@ -214,3 +214,30 @@ class WebhookDelivery(msgspec.Struct, frozen=True, kw_only=True):
     """No attempt starts after this (created_at + WEBHOOK_RETRY_WINDOW)."""
     finished_at: dt.datetime | None = None
     """When it was delivered or given up."""
+
+
+class Chore(msgspec.Struct, frozen=True, kw_only=True):
+    """Work a plugin must see done even if the process dies first (the `cleanup` plugin's
+    removal of a task's files from ComfyUI, say), recorded in the task store. One process
+    at a time holds a chore, under a lease; it either finishes it or puts it back to be
+    retried later, and a chore whose holder died is taken up by another once the lease has
+    run out. Core never looks inside: `kind` tells the plugin its own chores apart."""
+
+    id: str
+    """`chore_` and 32 hex digits, made by the store."""
+    kind: str
+    """Whose chore this is, e.g. `cleanup`; each plugin claims only its own kind."""
+    task_id: int | None = None
+    """The task the chore is about, if any."""
+    data: dict[str, Any] = {}
+    """What the plugin needs to do the work (JSON types only), as last recorded."""
+    attempts: int = 0
+    """Attempts recorded so far (finished or put back for a retry)."""
+    last_error: str | None = None
+    """Why the last recorded attempt did not finish it (or why it was given up)."""
+    created_at: dt.datetime = msgspec.field(default_factory=utcnow)
+    """When it was recorded; a plugin's retry window counts from here."""
+    due_at: dt.datetime = msgspec.field(default_factory=utcnow)
+    """When the next attempt may start."""
+    finished_at: dt.datetime | None = None
+    """When it was finished (done or given up); None while pending."""

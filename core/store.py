@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import uuid
 from collections.abc import Collection
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
-from .models import FINAL_STATUSES, Task, TaskEvent, WebhookDelivery, utcnow
+from .models import FINAL_STATUSES, Chore, Task, TaskEvent, WebhookDelivery, utcnow
 
 
 class TaskQuery(msgspec.Struct, frozen=True, kw_only=True):
@@ -37,6 +38,10 @@ class TaskQuery(msgspec.Struct, frozen=True, kw_only=True):
             and (self.before_id is None or task.id < self.before_id)
             and (self.error_code is None or task.error_code == self.error_code)
         )
+
+
+def new_chore_id() -> str:
+    return f"chore_{uuid.uuid4().hex}"
 
 
 class DuplicateClientTaskId(Exception):
@@ -167,6 +172,59 @@ class TaskStore(Protocol):
         the leases to run out."""
         ...
 
+    # ---- chores: a plugin's work that must get done even across a crash ------------------
+    # Held by one process at a time under a lease, like deliveries; core never reads `data`.
+
+    async def add_chore(
+        self,
+        kind: str,
+        task_id: int | None,
+        data: dict[str, Any],
+        *,
+        owner: str | None = None,
+        lease: float = 0.0,
+    ) -> Chore:
+        """Record a new chore, due now, and return it. With `owner`, it is recorded as held
+        by `owner` for `lease` seconds, so the first attempt needs no claim."""
+        ...
+
+    async def get_chore(self, chore_id: str) -> Chore | None: ...
+
+    async def task_chores(self, task_id: int, kind: str | None = None) -> list[Chore]:
+        """The task's chores (only those of `kind` when given), finished or not, oldest
+        first."""
+        ...
+
+    async def claim_chores(self, kind: str, owner: str, lease: float, limit: int) -> list[Chore]:
+        """Hold up to `limit` unfinished chores of `kind` that are due and that nobody holds
+        (or whose holder's lease ran out) for `owner`, for `lease` seconds; soonest due
+        first. None goes to two owners."""
+        ...
+
+    async def finish_chore(self, chore_id: str, owner: str, *, error: str | None = None) -> bool:
+        """Count the attempt and mark the chore finished (given up, when `error` says why),
+        letting go of it. False, and nothing written, unless `owner` holds it."""
+        ...
+
+    async def retry_chore(
+        self,
+        chore_id: str,
+        owner: str,
+        due_at: dt.datetime,
+        error: str,
+        *,
+        data: dict[str, Any] | None = None,
+    ) -> bool:
+        """Count a failed attempt: record `error`, make the chore due at `due_at` (replacing
+        its data with `data` when given: what the attempt learnt) and let go of it, so any
+        process may claim it then. False, and nothing written, unless `owner` holds it."""
+        ...
+
+    async def release_chores(self, owner: str) -> None:
+        """Let go of every chore `owner` holds, unchanged (at shutdown), so others need not
+        wait for the leases to run out."""
+        ...
+
 
 class _Claim(msgspec.Struct):
     owner: str
@@ -190,6 +248,8 @@ class MemoryTaskStore:
         self._ids = itertools.count(1)
         self._deliveries: dict[str, WebhookDelivery] = {}
         self._claims: dict[str, _Claim] = {}
+        self._chores: dict[str, Chore] = {}
+        self._chore_claims: dict[str, _Claim] = {}
 
     async def open(self) -> None:
         return None
@@ -362,3 +422,102 @@ class MemoryTaskStore:
     async def release_deliveries(self, owner: str) -> None:
         for delivery_id in [k for k, c in self._claims.items() if c.owner == owner]:
             del self._claims[delivery_id]
+
+    # ---- chores ------------------------------------------------------------------------
+
+    def _chore_holder(self, chore_id: str, now: dt.datetime) -> str | None:
+        claim = self._chore_claims.get(chore_id)
+        return claim.owner if claim is not None and claim.until >= now else None
+
+    async def add_chore(
+        self,
+        kind: str,
+        task_id: int | None,
+        data: dict[str, Any],
+        *,
+        owner: str | None = None,
+        lease: float = 0.0,
+    ) -> Chore:
+        now = utcnow()
+        # a copy through JSON, as a database keeps it: the caller's dict stays the caller's
+        data = msgspec.json.decode(msgspec.json.encode(data))
+        chore = Chore(
+            id=new_chore_id(), kind=kind, task_id=task_id, data=data, created_at=now, due_at=now
+        )
+        self._chores[chore.id] = chore
+        if owner is not None:
+            self._chore_claims[chore.id] = _Claim(owner, now + dt.timedelta(seconds=lease))
+        return chore
+
+    async def get_chore(self, chore_id: str) -> Chore | None:
+        return self._chores.get(chore_id)
+
+    async def task_chores(self, task_id: int, kind: str | None = None) -> list[Chore]:
+        found = [
+            c
+            for c in self._chores.values()
+            if c.task_id == task_id and (kind is None or c.kind == kind)
+        ]
+        return sorted(found, key=lambda c: (c.created_at, c.id))
+
+    async def claim_chores(self, kind: str, owner: str, lease: float, limit: int) -> list[Chore]:
+        now = utcnow()
+        found = sorted(
+            (
+                c
+                for c in self._chores.values()
+                if c.kind == kind
+                and c.finished_at is None
+                and c.due_at <= now
+                and self._chore_holder(c.id, now) is None
+            ),
+            key=lambda c: (c.due_at, c.id),
+        )[:limit]
+        for chore in found:
+            self._chore_claims[chore.id] = _Claim(owner, now + dt.timedelta(seconds=lease))
+        return found
+
+    def _let_go(self, chore_id: str, owner: str) -> Chore | None:
+        """The chore, if `owner` holds it and it is unfinished; its claim is dropped."""
+        claim = self._chore_claims.get(chore_id)
+        chore = self._chores.get(chore_id)
+        if claim is None or claim.owner != owner or chore is None or chore.finished_at is not None:
+            return None
+        del self._chore_claims[chore_id]
+        return chore
+
+    async def finish_chore(self, chore_id: str, owner: str, *, error: str | None = None) -> bool:
+        chore = self._let_go(chore_id, owner)
+        if chore is None:
+            return False
+        self._chores[chore_id] = msgspec.structs.replace(
+            chore, attempts=chore.attempts + 1, last_error=error, finished_at=utcnow()
+        )
+        return True
+
+    async def retry_chore(
+        self,
+        chore_id: str,
+        owner: str,
+        due_at: dt.datetime,
+        error: str,
+        *,
+        data: dict[str, Any] | None = None,
+    ) -> bool:
+        chore = self._let_go(chore_id, owner)
+        if chore is None:
+            return False
+        if data is not None:
+            data = msgspec.json.decode(msgspec.json.encode(data))
+        self._chores[chore_id] = msgspec.structs.replace(
+            chore,
+            attempts=chore.attempts + 1,
+            last_error=error,
+            due_at=due_at,
+            data=chore.data if data is None else data,
+        )
+        return True
+
+    async def release_chores(self, owner: str) -> None:
+        for chore_id in [k for k, c in self._chore_claims.items() if c.owner == owner]:
+            del self._chore_claims[chore_id]

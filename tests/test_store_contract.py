@@ -530,3 +530,146 @@ async def test_a_holder_renews_its_claim_and_an_unclaimed_add_is_free(store):
     await asyncio.sleep(0.6)
     assert await store.claim_delivery(held.id, "other", 60) is None  # renewal outlived 0.5 s
     assert await store.pending_deliveries(utcnow(), 10) == [free]
+
+
+# ---- chores ---------------------------------------------------------------------------------
+
+
+async def test_chores_round_trip_and_list_per_task(store):
+    task, other = await add(store, 2)
+    data = {"endpoint": "127.0.0.1:8188", "files": [["input", "a b/ü.png"]], "n": 1.5, "x": None}
+    first = await store.add_chore("cleanup", task.id, data)
+    assert first.id.startswith("chore_") and first.kind == "cleanup"
+    assert (first.task_id, first.data, first.attempts, first.last_error) == (task.id, data, 0, None)
+    assert first.finished_at is None and first.due_at == first.created_at
+    assert first.created_at.tzinfo is not None
+    data["n"] = 2  # the chore keeps what was recorded
+    assert (await store.get_chore(first.id)).data["n"] == 1.5
+    second = await store.add_chore("other", task.id, {})
+    elsewhere = await store.add_chore("cleanup", other.id, {"k": [1, 2]})
+    free = await store.add_chore("cleanup", None, {})
+    assert await store.get_chore(first.id) == first
+    assert await store.get_chore(free.id) == free and free.task_id is None
+    assert await store.get_chore("chore_none") is None
+    assert await store.task_chores(task.id) == [first, second]
+    assert await store.task_chores(task.id, "cleanup") == [first]
+    assert await store.task_chores(other.id) == [elsewhere]
+    assert await store.task_chores(task.id + 1000) == []
+    got = await store.get_chore(first.id)
+    assert got.created_at.tzinfo is not None and got.due_at.tzinfo is not None
+
+
+async def test_chores_are_claimed_due_unheld_of_one_kind_soonest_first(store):
+    (task,) = await add(store, 1)
+    held = await store.add_chore("cleanup", task.id, {"n": 0}, owner="runner", lease=60)
+    chores = [await store.add_chore("cleanup", task.id, {"n": n}) for n in range(1, 4)]
+    other_kind = await store.add_chore("other", task.id, {})
+    claimed = await store.claim_chores("cleanup", "a", 60, 2)
+    assert claimed == chores[:2]  # oldest due first, the held one not at all
+    assert await store.claim_chores("cleanup", "b", 60, 10) == chores[2:]
+    assert await store.claim_chores("cleanup", "c", 60, 10) == []
+    assert await store.claim_chores("other", "c", 60, 10) == [other_kind]
+    assert held not in claimed
+
+
+async def test_concurrent_chore_claims_hand_each_chore_to_one_owner(store):
+    (task,) = await add(store, 1)
+    chores = [await store.add_chore("cleanup", task.id, {"n": n}) for n in range(20)]
+    results = await asyncio.gather(
+        *(claim_chores_until_empty(store, f"owner-{n}") for n in range(6))
+    )
+    claimed = [c for won in results for c in won]
+    assert sorted(claimed) == sorted(c.id for c in chores)  # each once, none left over
+
+
+async def claim_chores_until_empty(store: TaskStore, owner: str) -> list[str]:
+    """Claim 3 at a time until nothing is left, yielding to the other claimers between."""
+    won = []
+    while found := await store.claim_chores("cleanup", owner, 60, 3):
+        won.extend(c.id for c in found)
+        await asyncio.sleep(0)
+    return won
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_two_store_instances_never_claim_the_same_chore(
+    backend, make_db_url, task_store_factory
+):
+    url = make_db_url(backend)
+    one, two = await task_store_factory(url), await task_store_factory(url)
+    (task,) = await add(one, 1)
+    chores = [await one.add_chore("cleanup", task.id, {"n": n}) for n in range(40)]
+    results = await asyncio.gather(
+        claim_chores_until_empty(one, "r1"),
+        claim_chores_until_empty(two, "r2"),
+        claim_chores_until_empty(one, "r3"),
+        claim_chores_until_empty(two, "r4"),
+    )
+    claimed = [c for won in results for c in won]
+    assert sorted(claimed) == sorted(c.id for c in chores)
+
+
+async def test_only_the_holder_finishes_a_chore_and_it_stays_finished(store):
+    (task,) = await add(store, 1)
+    chore = await store.add_chore("cleanup", task.id, {}, owner="runner", lease=60)
+    assert not await store.finish_chore(chore.id, "someone-else")
+    assert not await store.finish_chore("chore_none", "runner")
+    assert await store.finish_chore(chore.id, "runner")
+    done = await store.get_chore(chore.id)
+    assert done.finished_at is not None and done.attempts == 1 and done.last_error is None
+    assert not await store.finish_chore(chore.id, "runner")  # let go already
+    assert await store.claim_chores("cleanup", "b", 60, 10) == []
+    given_up = await store.add_chore("cleanup", task.id, {}, owner="runner", lease=60)
+    assert await store.finish_chore(given_up.id, "runner", error="gave up: 24 h")
+    assert (await store.get_chore(given_up.id)).last_error == "gave up: 24 h"
+    await store.release_chores("runner")  # a finished chore stays finished
+    assert await store.claim_chores("cleanup", "b", 60, 10) == []
+
+
+async def test_a_retried_chore_is_let_go_and_due_later(store):
+    (task,) = await add(store, 1)
+    chore = await store.add_chore("cleanup", task.id, {"files": ["a", "b"]}, owner="a", lease=60)
+    due = utcnow() + dt.timedelta(milliseconds=500)
+    assert not await store.retry_chore(chore.id, "b", due, "not held")
+    assert await store.retry_chore(chore.id, "a", due, "endpoint down", data={"files": ["b"]})
+    retried = await store.get_chore(chore.id)
+    assert (retried.attempts, retried.last_error, retried.data) == (
+        1,
+        "endpoint down",
+        {"files": ["b"]},
+    )
+    assert retried.due_at == due and retried.finished_at is None
+    assert not await store.retry_chore(chore.id, "a", due, "again")  # let go already
+    assert await store.claim_chores("cleanup", "b", 60, 10) == []  # not due yet
+    await asyncio.sleep(0.6)
+    assert await store.claim_chores("cleanup", "b", 60, 10) == [retried]
+    assert await store.retry_chore(chore.id, "b", utcnow(), "still down")  # data kept
+    again = await store.get_chore(chore.id)
+    assert (again.attempts, again.last_error, again.data) == (2, "still down", {"files": ["b"]})
+    assert [c.id for c in await store.claim_chores("cleanup", "c", 60, 10)] == [chore.id]
+    assert await store.finish_chore(chore.id, "c")
+    assert (await store.get_chore(chore.id)).attempts == 3
+
+
+async def test_a_dead_holders_chore_is_claimed_once_its_lease_runs_out(store):
+    (task,) = await add(store, 1)
+    chore = await store.add_chore("cleanup", task.id, {}, owner="dead", lease=0.5)
+    assert await store.claim_chores("cleanup", "b", 60, 10) == []
+    await asyncio.sleep(0.6)
+    assert [c.id for c in await store.claim_chores("cleanup", "b", 60, 10)] == [chore.id]
+    assert await store.claim_chores("cleanup", "c", 60, 10) == []  # b holds it now
+    # the first holder's late outcome is refused
+    assert not await store.finish_chore(chore.id, "dead")
+    assert not await store.retry_chore(chore.id, "dead", utcnow(), "late")
+    assert (await store.get_chore(chore.id)).attempts == 0
+    assert await store.finish_chore(chore.id, "b")
+
+
+async def test_release_chores_frees_only_that_owners_chores(store):
+    (task,) = await add(store, 1)
+    mine = await store.add_chore("cleanup", task.id, {}, owner="me", lease=60)
+    theirs = await store.add_chore("cleanup", task.id, {}, owner="them", lease=60)
+    await store.release_chores("me")
+    assert [c.id for c in await store.claim_chores("cleanup", "other", 60, 10)] == [mine.id]
+    assert not await store.finish_chore(mine.id, "me")
+    assert await store.finish_chore(theirs.id, "them")

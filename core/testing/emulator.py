@@ -95,9 +95,11 @@ def _hashable(value: Any) -> Any:
 class InjectedFailure(Exception):
     """The exception `fail_next` raises; reported with the type name the test asked for."""
 
-    def __init__(self, message: str, type_name: str) -> None:
+    def __init__(self, message: str, type_name: str, class_type: str | None = None) -> None:
         super().__init__(message)
         self.type_name = type_name
+        self.class_type = class_type
+        """Only a prompt holding a node of this class takes it, and fails at that node."""
 
 
 class _ExecutionList:
@@ -211,7 +213,7 @@ class _PromptRun:
         self._progress = _Progress(self)
         self._executed: set[str] = set()
         self._keys: dict[str, Any] = {}
-        self._failure = server.emulator._take_failure()
+        self._failure = server.emulator._take_failure(self.prompt)
 
     async def execute(self) -> None:
         server = self.server
@@ -331,7 +333,7 @@ class _PromptRun:
         server = self.server
         emulator = server.emulator
         server.raise_if_interrupted()
-        if self._failure is not None:
+        if self._failure is not None and self._failure.class_type in (None, class_type):
             failure, self._failure = self._failure, None
             raise failure
         while emulator.hanging and not server.interrupt_requested:
@@ -978,10 +980,20 @@ class ComfyUIEmulator:
         count: int = 1,
         message: str = "Emulated failure",
         exception_type: str = "RuntimeError",
+        *,
+        class_type: str | None = None,
     ) -> None:
         """The next `count` prompts that start executing fail at their first node, cache or
-        not, with an `execution_error` carrying this message and exception type name."""
-        self._failures.extend(InjectedFailure(message, exception_type) for _ in range(count))
+        not, with an `execution_error` carrying this message and exception type name. With
+        `class_type`, only prompts holding a node of that class count, and each fails at
+        the first such node it reaches."""
+        self._failures.extend(
+            InjectedFailure(message, exception_type, class_type) for _ in range(count)
+        )
+
+    def clear_failures(self) -> None:
+        """Forget the failures `fail_next` queued that no prompt has taken yet."""
+        self._failures.clear()
 
     def hang(self, enabled: bool = True) -> None:
         """While enabled, a prompt blocks before running its next node until it is interrupted
@@ -998,8 +1010,12 @@ class ComfyUIEmulator:
         """Abort every websocket's TCP connection (clients see 1006); HTTP keeps working."""
         self._require_server().drop_websockets()
 
-    def _take_failure(self) -> InjectedFailure | None:
-        return self._failures.pop(0) if self._failures else None
+    def _take_failure(self, prompt: Json) -> InjectedFailure | None:
+        classes = {node.get("class_type") for node in prompt.values()}
+        for index, failure in enumerate(self._failures):
+            if failure.class_type is None or failure.class_type in classes:
+                return self._failures.pop(index)
+        return None
 
     # -- inspection --------------------------------------------------------------------------
 

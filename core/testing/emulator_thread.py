@@ -90,8 +90,15 @@ class EmulatorThread:
         count: int = 1,
         message: str = "Emulated failure",
         exception_type: str = "RuntimeError",
+        *,
+        class_type: str | None = None,
     ) -> None:
-        self._call(lambda: self.emulator.fail_next(count, message, exception_type))
+        self._call(
+            lambda: self.emulator.fail_next(count, message, exception_type, class_type=class_type)
+        )
+
+    def clear_failures(self) -> None:
+        self._call(self.emulator.clear_failures)
 
     def hang(self, enabled: bool = True) -> None:
         self._call(lambda: self.emulator.hang(enabled))

@@ -17,6 +17,7 @@ from comfyui_server.core.models import FINAL_STATUSES, TaskStatus
 from comfyui_server.core.store import TaskQuery
 
 from . import rows
+from .chores import Chores
 from .migrate import head_version, schema_version, upgrade
 from .outbox import Outbox
 from .settings import DatabaseTarget
@@ -38,7 +39,7 @@ class Connection(Protocol):
     async def executemany(self, sql: str, args: Iterable[Sequence[Any]]) -> Any: ...
 
 
-class SqlTaskStore(Outbox, ABC):
+class SqlTaskStore(Outbox, Chores, ABC):
     durable = True
     backend: ClassVar[Literal["sqlite", "postgres"]]
 
