@@ -71,11 +71,35 @@ def _short(frame: str, keep_line: bool) -> str:
 OWN_CODE = ("core/", "plugins/", "workflows/")
 """Frames of comfyui-server itself (paths relative to the repository)."""
 
+LAYERS = (
+    ("HTTP client (httpx, httpcore, h11, anyio)", ("httpx/", "httpcore/", "h11/", "anyio/")),
+    ("database driver (aiosqlite, asyncpg)", ("aiosqlite/", "asyncpg/", "sqlite3/")),
+    ("HTTP server (uvicorn, litestar)", ("uvicorn/protocols/", "litestar/", "httptools")),
+    ("websocket client (websockets)", ("websockets/",)),
+    ("hooks (pluggy)", ("pluggy/",)),
+    ("logging", ("logging/",)),
+)
+"""Where a sample's time goes: the innermost frame that belongs to one of these libraries,
+else comfyui-server's own code, else the event loop and the rest of the standard library."""
+
+
+def _layer(frames: list[str]) -> str:
+    for frame in reversed(frames):
+        where = frame.rsplit("(", 1)[-1]
+        for layer, markers in LAYERS:
+            if any(marker in where for marker in markers):
+                return layer
+        where = _short(frame, keep_line=False).split("(", 1)[-1]
+        if where.startswith(OWN_CODE) and not where.startswith("core/cli.py"):
+            return "comfyui-server's own code"  # cli.py only starts the loop that runs it all
+    return "event loop and standard library"
+
 
 def summarise(path: Path, top: int = 20) -> str:
     """Self time by line, and inclusive time by function of comfyui-server's own code."""
     own: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
+    layers: collections.Counter[str] = collections.Counter()
     total = 0
     for raw in path.read_text().splitlines():
         stack, _, count = raw.rpartition(" ")
@@ -85,10 +109,13 @@ def summarise(path: Path, top: int = 20) -> str:
         total += n
         frames = stack.split(";")
         own[_short(frames[-1], keep_line=True)] += n
+        layers[_layer(frames)] += n
         for name in {_short(f, keep_line=False) for f in frames}:
             if name.split("(", 1)[-1].startswith(OWN_CODE):
                 inclusive[name] += n
-    lines = [f"{total} samples", "", "self:"]
+    lines = [f"{total} samples", "", "by layer (innermost frame):"]
+    lines += [f"{100 * n / total:5.1f}%  {name}" for name, n in layers.most_common()]
+    lines += ["", "self:"]
     lines += [f"{100 * n / total:5.1f}%  {name}" for name, n in own.most_common(top)]
     lines += ["", "inclusive, comfyui-server's own functions:"]
     lines += [f"{100 * n / total:5.1f}%  {name}" for name, n in inclusive.most_common(top)]
