@@ -95,6 +95,28 @@ def test_every_output_of_a_batch_is_stored(comfyui_emulator, server_factory):
         assert output["size"] == len(produced)
 
 
+def test_outputs_come_from_the_websocket_and_from_history_after_a_cached_node(
+    comfyui_emulator, server_factory
+):
+    """A run the websocket told in full (start, each node's `executed`, success, one
+    connection) needs no GET /history; when ComfyUI serves a node from its cache the server
+    reads /history instead, and both ways store the prompt's files."""
+    server = server_factory([comfyui_emulator])
+    reads = "GET /history/{prompt_id}"
+    first = wait_final(server.api, submit(server).json()["id"])
+    assert first["status"] == "completed", first
+    assert comfyui_emulator.requests.get(reads, 0) == 0
+    # the same image again: EmptyImage comes from ComfyUI's cache (only SaveImage's
+    # per-attempt prefix differs)
+    second = wait_final(server.api, submit(server).json()["id"])
+    assert second["status"] == "completed", second
+    assert comfyui_emulator.requests.get(reads, 0) >= 1
+    for record in (first, second):
+        (output,) = record["outputs"]
+        produced = (comfyui_emulator.output_dir / output["filename"]).read_bytes()
+        assert httpx.get(output["url"]).content == produced
+
+
 def test_twenty_tasks_split_over_two_endpoints_and_run_in_parallel(
     comfyui_emulator_factory, server_factory
 ):

@@ -43,7 +43,19 @@ OutcomeKind = Literal["ended", "lost", "stopped"]
 class Watch:
     """A prompt we sent (or are about to send) and wait for."""
 
-    __slots__ = ("detail", "future", "prompt_id", "ran_a_node", "started_at", "submitted")
+    __slots__ = (
+        "cached_any",
+        "detail",
+        "future",
+        "heard_on",
+        "node_order",
+        "outputs",
+        "prompt_id",
+        "ran_a_node",
+        "started_at",
+        "submitted",
+        "succeeded",
+    )
 
     def __init__(self, prompt_id: str) -> None:
         self.prompt_id = prompt_id
@@ -56,6 +68,28 @@ class Watch:
         self.ran_a_node = False
         """Set by `executing` for a node: False at the end means ComfyUI served it all from
         its cache, which says nothing about how fast the endpoint runs a prompt."""
+        self.node_order: tuple[str, ...] | None = None
+        """The prompt's node ids in its own order (the order /history lists outputs in), set
+        by whoever posts it; None for a prompt taken over from an earlier process."""
+        self.heard_on: int | None = None
+        """The websocket connection (`EndpointMonitor.connections`) `execution_start` came on."""
+        self.outputs: dict[str, Any] = {}
+        """Each node's UI output from its `executed` message (what /history lists)."""
+        self.cached_any = False
+        self.succeeded = False
+
+    def heard_entry(self, connection: int) -> dict[str, Any] | None:
+        """The prompt's history entry as the websocket told it, or None unless it told all:
+        the run succeeded, every message came on the `connection` still open (none can have
+        been missed), and no node came from ComfyUI's cache (ComfyUI before August 2024 sent
+        no `executed` for a cached node, yet /history lists its outputs). Saves the GET
+        /history that would otherwise follow every prompt."""
+        if not self.succeeded or self.cached_any or self.heard_on != connection:
+            return None
+        if self.node_order is None:
+            return None
+        outputs = {n: self.outputs[n] for n in self.node_order if self.outputs.get(n) is not None}
+        return {"status": {"status_str": "success", "completed": True}, "outputs": outputs}
 
     def resolve(self, kind: OutcomeKind) -> None:
         if not self.future.done():
@@ -95,6 +129,8 @@ class EndpointMonitor:
         self.draining = False
         """Set when the endpoint is being removed: no new work, the rest finishes."""
         self.watches: dict[str, Watch] = {}
+        self.connections = 0
+        """Websocket connections made so far: the current one's number."""
         self._ws = None
         self._settle: asyncio.Task | None = None
         self.idle = asyncio.Event()
@@ -176,6 +212,7 @@ class EndpointMonitor:
                     max_size=None,
                 ) as ws:
                     self._ws = ws
+                    self.connections += 1
                     await self._on_connected()
                     delay = 0.05
                     async for message in ws:
@@ -226,11 +263,23 @@ class EndpointMonitor:
                     self.on_progress(watch.prompt_id, str(node), None, None)
         elif kind == "progress" and self.on_progress is not None:
             self.on_progress(watch.prompt_id, data.get("node"), data.get("value"), data.get("max"))
+        elif kind == "executed":
+            if data.get("output") is not None:
+                watch.outputs[str(data.get("node"))] = data["output"]
         elif kind == "execution_start":
             watch.started_at = time.monotonic()
+            watch.heard_on = self.connections
             self.on_started(watch.prompt_id)
+        elif kind == "execution_cached":
+            watch.cached_any = watch.cached_any or bool(data.get("nodes"))
+        elif kind == "execution_success":
+            watch.succeeded = True
         elif kind in ("execution_error", "execution_interrupted"):
             watch.detail = {"type": kind, **data}
+
+    def heard_entry(self, watch: Watch) -> dict[str, Any] | None:
+        """What the websocket told of `watch`'s run, if it told all (see Watch.heard_entry)."""
+        return watch.heard_entry(self.connections)
 
     def timed(self, watch: Watch) -> None:
         """Fold the run of `watch`, which just ended, into `seconds_per_task`.

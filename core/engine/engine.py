@@ -540,6 +540,7 @@ class Engine:
         if prompt is None:
             raise TaskFailure(ErrorCode.BUILD_PROMPT_ERROR, "no plugin built a prompt")
         tag_output_prefixes(prompt, attempt.prompt_id.replace("-", "")[:12])
+        attempt.watch.node_order = tuple(prompt)
         if attempt.stop is not None:
             raise Stopped(attempt.stop)
         await monitor.client.post_prompt(
@@ -601,7 +602,9 @@ class Engine:
 
     async def _collect(self, attempt: Attempt) -> None:
         task, client = attempt.task, attempt.monitor.client
-        entry = await self._history(client, attempt.prompt_id)
+        entry = attempt.monitor.heard_entry(attempt.watch)
+        if entry is None:
+            entry = await self._history(client, attempt.prompt_id)
         status = entry.get("status") or {}
         if status.get("status_str") != "success":
             kind, data = _last_outcome(status.get("messages") or [])

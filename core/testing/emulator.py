@@ -14,6 +14,7 @@ latest prompt, and history is written before the final `executing {node: null}`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import copy
 import heapq
@@ -462,7 +463,14 @@ class _Server:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self, host: str, port: int) -> int:
-        app = web.Application(client_max_size=MAX_UPLOAD_SIZE)
+        requests = self.emulator.requests
+
+        @web.middleware
+        async def count(request: web.Request, handler: Any) -> web.StreamResponse:
+            requests[f"{request.method} {request.match_info.route.resource.canonical}"] += 1
+            return await handler(request)
+
+        app = web.Application(client_max_size=MAX_UPLOAD_SIZE, middlewares=[count])
         routes = self._routes()
         app.add_routes([web.route(m, "/api" + p, h) for m, p, h in routes])
         app.add_routes([web.route(m, p, h) for m, p, h in routes])
@@ -929,6 +937,9 @@ class ComfyUIEmulator:
         )
         self.base_dir = root
         self.prompts_received: list[Json] = []
+        self.requests: collections.Counter[str] = collections.Counter()
+        """Requests served, by method and route (`GET /history/{prompt_id}`): test-side
+        bookkeeping, as ComfyUI keeps none."""
         self.hanging = False
         self._failures: list[InjectedFailure] = []
         self._server: _Server | None = None

@@ -151,6 +151,11 @@ class EmulatorThread:
         return self._call(lambda: list(self.emulator.prompts_received))
 
     @property
+    def requests(self) -> dict[str, int]:
+        """Requests served so far, by method and route (`GET /history/{prompt_id}`)."""
+        return self._call(lambda: dict(self.emulator.requests))
+
+    @property
     def history(self) -> dict[str, dict[str, Any]]:
         return self._call(lambda: dict(self.emulator.history))
 
