@@ -108,3 +108,27 @@ def test_a_dead_replicas_tasks_are_adopted_by_a_live_one(
         survivor.stop()
     assert {r["status"] for r in records} == {"completed"}
     assert sum(executions(emulators).values()) == 10
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_cancel_sent_to_another_replica_stops_the_prompt_on_comfyui(
+    backend, make_db_url, comfyui_emulator, server_factory
+):
+    """The replica that answers the DELETE does not run the task: it interrupts the prompt on
+    ComfyUI itself, and the running replica's late outcome does not overwrite the cancel."""
+    comfyui_emulator.hang()
+    env = {"DATABASE_URL": make_db_url(backend)}
+    runner = server_factory([comfyui_emulator], env=env)
+    task_id = submit(runner.api, 1)
+    wait_until(lambda: httpx.get(f"{runner.api}/tasks/{task_id}").json()["status"] == "running")
+    other = server_factory([comfyui_emulator], env=env)  # started later: it claims nothing
+    prompt_id = httpx.get(f"{other.api}/tasks/{task_id}").json()["comfyui_task_id"]
+    record = httpx.delete(f"{other.api}/tasks/{task_id}").json()
+    assert record["status"] == "cancelled" and record["error_code"] == 9
+    wait_until(lambda: prompt_id in comfyui_emulator.history)
+    messages = comfyui_emulator.history[prompt_id]["status"]["messages"]
+    assert messages[-1][0] == "execution_interrupted"
+    # the running replica saw the interruption end its attempt; the cancel stands
+    wait_until(lambda: not comfyui_emulator.queue_running)
+    for api in (runner.api, other.api):
+        assert httpx.get(f"{api}/tasks/{task_id}").json()["status"] == "cancelled"

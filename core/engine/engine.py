@@ -340,8 +340,9 @@ class Engine:
 
     async def _end_early(self, task: Task, stop: Stop) -> Task:
         attempt = self._attempts.get(task.id)
-        if attempt is None:  # waiting in our queue
+        if attempt is None:  # waiting in the queue, or running for another replica
             self._stopped.add(task.id)
+            await self._stop_prompt_elsewhere(task)
             return await self._finish(task, stop.status, stop.code, stop.message)
         attempt.stop = stop
         if attempt.watch.submitted:
@@ -353,6 +354,16 @@ class Engine:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(attempt.done.wait(), timeout=10)
         return await self.store.get(task.id) or attempt.task
+
+    async def _stop_prompt_elsewhere(self, task: Task) -> None:
+        """Stop the prompt of a task another replica runs: its attempt then ends as
+        interrupted, and its outcome is refused because the task has ended here first."""
+        monitor = self.fleet.get(task.endpoint)
+        if task.status not in ("dispatched", "running") or not task.comfyui_task_id or not monitor:
+            return
+        with contextlib.suppress(EndpointUnavailable, httpx.HTTPError):
+            await monitor.client.delete_from_queue([task.comfyui_task_id])  # if still pending
+            await monitor.client.interrupt(task.comfyui_task_id)  # if running
 
     # ---- dispatching --------------------------------------------------------------------
 
