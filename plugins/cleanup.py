@@ -17,8 +17,9 @@ exponential backoff, until COMFYUI_CLEANUP_RETRY_WINDOW has passed since the tas
 (then it is given up, with a warning). A poll loop claims due chores: retries, and those a
 crashed process held once their lease has run out. An attempt is idempotent: its clean-up
 prompts have ids made from the chore, so a process that takes over looks for them in
-ComfyUI's history and queue before sending them again, and a file already gone counts as
-removed.
+ComfyUI's history and queue before sending them again; a prompt an attempt sent and did not
+see end (still queued when it timed out) is waited for by the next one, not sent again; and
+a file already gone counts as removed.
 """
 
 from __future__ import annotations
@@ -180,7 +181,8 @@ class _Progress:
     def __init__(self) -> None:
         self.prompts: list[str] = []
         """Clean-up prompts it sent or found, in order."""
-        self.client: ComfyUIClient | None = None
+        self.waiting: dict[str, Any] | None = None
+        """The prompt it waits for (`prompt_id`) and the files that prompt removes."""
 
 
 def backoff(attempts: int, base: float, cap: float) -> float:
@@ -197,12 +199,16 @@ def _prompt_id(chore: Chore, round_: int) -> str:
 
 
 async def _wait_history(client: ComfyUIClient, prompt_id: str) -> dict:
-    """The prompt's history entry once it has one; the attempt's timeout bounds the wait."""
+    """The prompt's history entry once it has one; the attempt's timeout bounds the wait.
+    Asked every 0.1 s at first (a clean-up prompt on an idle ComfyUI takes milliseconds),
+    then less often, up to once a second, while it waits in a busy queue."""
+    delay = 0.1
     while True:
         entry = await client.history(prompt_id)
         if entry is not None:
             return entry
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(delay)
+        delay = min(1.0, delay * 1.5)
 
 
 async def _queued(client: ComfyUIClient, prompt_id: str) -> bool:
@@ -292,7 +298,8 @@ class Cleaner:
                     await self._filecleaner(chore, progress, fresh=fresh)
         except TimeoutError:
             error = f"not done within COMFYUI_CLEANUP_TIMEOUT ({timeout:g} s)"
-            await self._unqueue(progress)
+            if progress.waiting is not None:
+                error += f"; prompt {progress.waiting['prompt_id']} is still on ComfyUI"
         except Retry as exc:
             error = str(exc)
         except (EndpointUnavailable, httpx.HTTPError, OSError) as exc:
@@ -333,6 +340,9 @@ class Cleaner:
             return
         data = dict(chore.data)
         data["prompts"] = list(dict.fromkeys([*data.get("prompts", []), *progress.prompts]))
+        # a prompt sent and not seen to end: the next attempt waits for it instead of
+        # sending the same files again (it may just be queued behind long prompts)
+        data["waiting"] = progress.waiting
         if not await self.store.retry_chore(chore.id, self.owner, due, error, data=data):
             log.warning("%s: lease lost; another process took it", what)
             return
@@ -345,15 +355,6 @@ class Cleaner:
         )
         heapq.heappush(self._dues, due)
         self._wake.set()
-
-    async def _unqueue(self, progress: _Progress) -> None:
-        """A clean-up prompt still queued when its attempt timed out is taken off ComfyUI's
-        queue, so it does not race the next attempt (one already running ends soon)."""
-        if progress.client is None or not progress.prompts:
-            return
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(5):
-                await progress.client.delete_from_queue(progress.prompts[-1:])
 
     def _client(self, endpoint: str) -> ComfyUIClient:
         client = self.engine.client(endpoint)
@@ -378,9 +379,12 @@ class Cleaner:
 
     async def _filecleaner(self, chore: Chore, progress: _Progress, *, fresh: bool) -> None:
         endpoint = chore.data["endpoint"]
-        client = progress.client = self._client(endpoint)
+        client = self._client(endpoint)
         state = self._state(endpoint)
         files = [(kind, path) for kind, path in chore.data.get("files", [])]
+        waiting = chore.data.get("waiting")  # sent by an earlier attempt that timed out
+        if waiting:
+            files = [(kind, path) for kind, path in waiting["files"]]
         if files and state is not None and not state.can_run(frozenset({CLEANER_NODE})):
             log.warning(
                 "task %s: %s has no %r node; its files stay", chore.task_id, endpoint, CLEANER_NODE
@@ -391,10 +395,15 @@ class Cleaner:
         # counts as removed, and the rest run again in the next round.
         while files:
             round_ += 1
-            prompt_id = _prompt_id(chore, round_)
+            if waiting:
+                prompt_id, lookup, waiting = waiting["prompt_id"], True, None
+            else:
+                # a dead holder may have sent it (not `fresh`): its outcome, or wait for it
+                prompt_id, lookup = _prompt_id(chore, round_), not fresh
             progress.prompts.append(prompt_id)
+            progress.waiting = {"prompt_id": prompt_id, "files": [list(f) for f in files]}
             entry = None
-            if not fresh:  # a dead holder may have sent it: its outcome, or wait for it
+            if lookup:
                 entry = await client.history(prompt_id)
                 if entry is None and await _queued(client, prompt_id):
                     entry = await _wait_history(client, prompt_id)
@@ -412,8 +421,10 @@ class Cleaner:
                         endpoint,
                         exc,
                     )
+                    progress.waiting = None
                     break
                 entry = await _wait_history(client, prompt_id)
+            progress.waiting = None
             if entry["status"].get("status_str") == "success":
                 break
             node, exception_type, message = _failure(entry)

@@ -2,12 +2,16 @@
 can, later when it cannot (retries, and after a crash, from the chore in the task store)."""
 
 import base64
+import datetime as dt
 import io
+import logging
 import signal
+import time
 from pathlib import Path
 
 import httpx
 import pytest
+from comfyui_server.core import MemoryTaskStore, hookimpl
 from comfyui_server.core.models import TaskResult
 from comfyui_server.core.testing.server import ServerProcess
 from comfyui_server.plugins import cleanup
@@ -97,6 +101,17 @@ def cleaner_prompts(emulator) -> list[dict]:
     ]
 
 
+def finished_chores(server, task_id: int) -> list:
+    """The task's chores once all are finished (the last write follows the cleaning)."""
+    store = server.app.state.engine.store
+
+    def finished() -> list | None:
+        chores = server.call(store.task_chores(task_id))
+        return chores if chores and all(c.finished_at for c in chores) else None
+
+    return wait_until(finished, timeout=10, interval=0.05)
+
+
 def submit_invert(api: str, shade: int) -> int:
     """A task that uploads an input and writes an output: two files to clean."""
     body = {"service_type": "invert", "params": {"image": png((shade, 9, 3)), "width": 8}}
@@ -117,12 +132,49 @@ def test_a_failed_cleanup_is_retried_and_its_chore_finished(comfyui_emulator, se
     attempts = cleaner_prompts(comfyui_emulator)
     assert len(attempts) == 2
     assert attempts[0]["prompt"] == attempts[1]["prompt"]
-    store = server.app.state.engine.store
-    (chore,) = server.call(store.task_chores(task_id))
-    assert chore.kind == "cleanup" and chore.attempts == 2
-    assert chore.finished_at is not None and chore.last_error is None
+    (chore,) = finished_chores(server, task_id)
+    assert chore.kind == "cleanup" and chore.attempts == 2 and chore.last_error is None
     assert chore.data["endpoint"] == comfyui_emulator.address
     assert len(chore.data["files"]) == 2
+
+
+def test_a_cleanup_prompt_slower_than_the_timeout_is_waited_for_not_sent_again(
+    comfyui_emulator_factory, server_factory
+):
+    # busy ComfyUI: the clean-up prompt takes longer than an attempt may wait
+    emulator = comfyui_emulator_factory(node_times={CLEANER: 1.2})
+    env = {"COMFYUI_CLEANUP": "filecleaner", **FAST_RETRIES, "COMFYUI_CLEANUP_TIMEOUT": "0.4"}
+    server = server_factory([emulator], env=env)
+    task_id = submit_invert(server.api, 5)
+    wait_final(server.api, task_id)
+    wait_until(lambda: disks_and_history_clean(emulator), timeout=15)
+    assert len(cleaner_prompts(emulator)) == 1
+    (chore,) = finished_chores(server, task_id)
+    assert chore.attempts >= 2
+    assert chore.data["waiting"] is not None  # what the timed-out attempt left to wait for
+
+
+def test_a_cleanup_is_given_up_when_its_retry_window_ends(comfyui_emulator, server_factory, caplog):
+    caplog.set_level(logging.WARNING, logger="comfyui_server.plugins.cleanup")
+    comfyui_emulator.fail_next(1000, "disk busy", "OSError", class_type=CLEANER)
+    env = {
+        "COMFYUI_CLEANUP": "filecleaner",
+        **FAST_RETRIES,
+        "COMFYUI_CLEANUP_RETRY_WINDOW": "1",
+    }
+    server = server_factory([comfyui_emulator], env=env)
+    task_id = submit_invert(server.api, 7)
+    wait_final(server.api, task_id)
+    (chore,) = finished_chores(server, task_id)
+    assert chore.last_error.startswith("gave up: cleanup prompt cleanup-")
+    assert "OSError: disk busy" in chore.last_error
+    assert chore.attempts >= 2  # retried within the window first
+    assert chore.finished_at - chore.created_at < dt.timedelta(seconds=1.5)
+    assert len(files_of(comfyui_emulator)) == 2  # they stay, and a warning says so
+    assert f"task {task_id}: cleanup on {comfyui_emulator.address} given up" in caplog.text
+    sent = len(cleaner_prompts(comfyui_emulator))
+    time.sleep(1)
+    assert len(cleaner_prompts(comfyui_emulator)) == sent  # no more attempts
 
 
 def test_a_replayed_end_adds_no_second_cleanup(comfyui_emulator, server_factory):
@@ -130,6 +182,7 @@ def test_a_replayed_end_adds_no_second_cleanup(comfyui_emulator, server_factory)
     task_id = submit_invert(server.api, 2)
     wait_final(server.api, task_id)
     wait_until(lambda: disks_and_history_clean(comfyui_emulator))
+    (done,) = finished_chores(server, task_id)
     sent = len(cleaner_prompts(comfyui_emulator))
     store = server.app.state.engine.store
 
@@ -139,9 +192,35 @@ def test_a_replayed_end_adds_no_second_cleanup(comfyui_emulator, server_factory)
         await cleanup.on_result(task=task, result=again)  # the hook, on the server's loop
         return await store.task_chores(task_id)
 
-    chores = server.call(announce_again())
-    assert len(chores) == 1 and chores[0].finished_at is not None
+    assert server.call(announce_again()) == [done]
     assert len(cleaner_prompts(comfyui_emulator)) == sent
+
+
+class StoreWithoutChores(MemoryTaskStore):
+    """A third-party task store written before chores existed."""
+
+    add_chore = task_chores = claim_chores = finish_chore = retry_chore = release_chores = None
+
+
+class OldStorePlugin:
+    @hookimpl
+    def task_store(self, settings):
+        return StoreWithoutChores()
+
+
+def test_a_store_without_chores_still_gets_cleanups_in_memory(
+    comfyui_emulator, server_factory, caplog
+):
+    caplog.set_level(logging.WARNING, logger="comfyui_server.plugins.cleanup")
+    server = server_factory(
+        [comfyui_emulator],
+        env={"COMFYUI_CLEANUP": "filecleaner", "DISABLED_PLUGINS": "database"},
+        extra_plugins=[("old_store", OldStorePlugin())],
+    )
+    assert isinstance(server.app.state.engine.store, StoreWithoutChores)
+    assert "keeps no chores" in caplog.text
+    wait_final(server.api, submit_invert(server.api, 6))
+    wait_until(lambda: disks_and_history_clean(comfyui_emulator))
 
 
 def test_a_cleanup_cut_short_by_a_crash_is_done_after_the_restart(
