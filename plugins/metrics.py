@@ -63,6 +63,12 @@ COMFYUI_QUEUE = Gauge(
     "ComfyUI's own queue length (all its clients), from its status broadcasts.",
     ["endpoint"],
 )
+SECONDS_PER_TASK = Gauge(
+    "comfyui_server_endpoint_seconds_per_task",
+    "Moving average of how long our prompts run on the endpoint (absent until measured).",
+    ["endpoint"],
+)
+ENDPOINT_GAUGES = (ENDPOINT_UP, IN_FLIGHT, COMFYUI_QUEUE, SECONDS_PER_TASK)
 
 
 @hookimpl
@@ -83,13 +89,18 @@ def on_result(task: Task, result: TaskResult) -> None:
     media_type=CONTENT_TYPE_LATEST,
 )
 async def metrics(state: State) -> Response[bytes]:
-    """Gauges are read at scrape time, so they are never stale."""
+    """Gauges are read at scrape time, so they are never stale; per-endpoint ones are
+    cleared first, so an endpoint removed at run time leaves no series behind."""
     engine = state.engine
     QUEUE_DEPTH.set(await engine.store.count_queued())
+    for gauge in ENDPOINT_GAUGES:
+        gauge.clear()
     for endpoint in engine.fleet.states():
         ENDPOINT_UP.labels(endpoint.name).set(1 if endpoint.status == "up" else 0)
         IN_FLIGHT.labels(endpoint.name).set(endpoint.in_flight)
         COMFYUI_QUEUE.labels(endpoint.name).set(endpoint.queue_remaining)
+        if endpoint.seconds_per_task is not None:
+            SECONDS_PER_TASK.labels(endpoint.name).set(endpoint.seconds_per_task)
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -1,6 +1,7 @@
 """/metrics parses as Prometheus text and its counters move with the tasks run."""
 
 import httpx
+from fixtures_app import wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 
@@ -47,3 +48,21 @@ def test_metrics_count_tasks_and_show_endpoints(comfyui_emulator, server_factory
         (("stage", "execution"), ("workflow", "blank")),
     )
     assert after[stage] - before.get(stage, 0) == 3
+
+
+def test_an_endpoint_removed_at_run_time_leaves_no_series(comfyui_emulator_factory, server_factory):
+    a, b = comfyui_emulator_factory(), comfyui_emulator_factory()
+    server = server_factory([a, b])
+    httpx.post(server.api, params={"wait": 10}, json={"service_type": "blank", "params": {}})
+    names = {
+        name: {dict(labels).get("endpoint") for (n, labels) in scrape(server) if n == name}
+        for name in ("comfyui_server_endpoint_up", "comfyui_server_endpoint_in_flight")
+    }
+    assert all(found == {a.address, b.address} for found in names.values()), names
+    samples = scrape(server)
+    measured = {dict(labels)["endpoint"] for (n, labels) in samples if n.endswith("per_task")}
+    assert measured and measured <= {a.address, b.address}  # the endpoint that ran it
+    assert httpx.delete(f"{server.api}/endpoints/{b.address}").status_code == 202
+    wait_until(lambda: len(httpx.get(server.api + "/endpoints").json()) == 1)
+    left = {dict(labels).get("endpoint") for (n, labels) in scrape(server) if "endpoint_" in n}
+    assert left == {a.address}

@@ -73,6 +73,9 @@ def endpoint_info(state: EndpointState, registry) -> EndpointInfo:
         node_classes=len(state.node_classes) if state.node_classes is not None else None,
         workflows=runnable,
         last_error=state.last_error,
+        seconds_per_task=(
+            round(state.seconds_per_task, 4) if state.seconds_per_task is not None else None
+        ),
     )
 
 

@@ -69,6 +69,8 @@ class EndpointInfo(msgspec.Struct, kw_only=True):
     workflows: list[str] | None
     """The deployed workflows it can run."""
     last_error: str | None
+    seconds_per_task: float | None = None
+    """Moving average of how long our prompts ran there (None until one has)."""
 
 
 class EndpointRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
