@@ -8,13 +8,11 @@ task can be picked up again. Plugins are called through `core.hookcall` only.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import datetime as dt
 import hashlib
 import logging
 import socket
-import time
 import uuid
 from typing import Any
 
@@ -32,6 +30,8 @@ from ..models import WEBHOOK_EVENTS, Task, TaskEvent, TaskProgress, TaskResult, 
 from ..store import DuplicateClientTaskId, TaskStore
 from ..urls import UrlPolicy
 from ..workflows import Workflow, WorkflowRegistry, tag_output_prefixes
+from .attempt import Attempt, EndpointLost, Stop, Stopped
+from .claims import ClaimedTasks
 from .feed import TaskFeed
 from .fleet import Fleet
 from .outputs import OutputCollector
@@ -40,66 +40,13 @@ log = logging.getLogger(__name__)
 
 INPUT_SUBFOLDER = "comfyui-server"
 """Where our uploads go inside ComfyUI's input folder."""
-PREFETCH_HOLD = 10.0
-"""Seconds a task claimed ahead may wait in this replica before it goes back to the shared
-queue; well inside the store's claim lease (the database plugin's DB_CLAIM_LEASE, 60 s)."""
-
-
-class EndpointLost(Exception):
-    """The endpoint forgot or dropped the prompt; the task may run elsewhere."""
-
-
-class Stop(msgspec.Struct, frozen=True):
-    """Why an attempt ends early: a cancellation or a deadline."""
-
-    status: TaskStatus
-    code: ErrorCode
-    message: str
-
-
-class Stopped(Exception):
-    def __init__(self, stop: Stop) -> None:
-        super().__init__(stop.message)
-        self.stop = stop
-
-
-class Attempt:
-    """One try at running a task on one endpoint, while it is in flight in this process."""
-
-    __slots__ = ("done", "ended_at", "monitor", "posted_at", "started", "stop", "task", "watch")
-
-    def __init__(self, task: Task, monitor: EndpointMonitor, watch: Watch) -> None:
-        self.task = task
-        self.monitor = monitor
-        self.watch = watch
-        self.started = asyncio.Event()
-        self.done = asyncio.Event()
-        self.stop: Stop | None = None
-        self.posted_at: dt.datetime | None = None
-        self.ended_at: dt.datetime | None = None
-
-    def timings(self, stored_at: dt.datetime) -> dict[str, float]:
-        """Seconds per stage, for the record (what the client waited on, and why)."""
-        task = self.task
-        marks = [
-            ("queued", task.created_at, task.dispatched_at),
-            ("upload", task.dispatched_at, self.posted_at),
-            ("comfyui_queue", self.posted_at, task.started_at),
-            ("execution", task.started_at or self.posted_at, self.ended_at),
-            ("storage", self.ended_at, stored_at),
-        ]
-        return {
-            name: round((end - start).total_seconds(), 6)
-            for name, start, end in marks
-            if start is not None and end is not None
-        }
-
-    @property
-    def prompt_id(self) -> str:
-        return self.watch.prompt_id
 
 
 class Engine:
+    """One per server process. Tasks live in the store (shared by replicas); what this
+    process holds in memory (claimed tasks, attempts in flight, deadline timers) can be
+    rebuilt from the store, which is what a restart or another replica does."""
+
     def __init__(
         self,
         pm: Any,
@@ -133,10 +80,7 @@ class Engine:
         self._by_prompt: dict[str, Attempt] = {}
         self._runs: set[asyncio.Task] = set()
         self._timers: dict[int, asyncio.TimerHandle] = {}
-        self._ready: collections.deque[tuple[Task, float]] = collections.deque()
-        """Tasks claimed ahead, with when (monotonic), in queue order."""
-        self._more_queued = False
-        """Whether the last claim left tasks in the shared queue."""
+        self.claimed = ClaimedTasks(store, self.owner)
         self._stopped: set[int] = set()
         """Queued tasks ended by cancel/deadline; a claim that races them skips them."""
         self._loop_tasks: list[asyncio.Task] = []
@@ -162,7 +106,7 @@ class Engine:
         for timer in self._timers.values():
             timer.cancel()
         with contextlib.suppress(Exception):  # else the claim lease runs out
-            await self._return_stale(older_than=-1.0)
+            await self.claimed.return_stale(older_than=-1.0)
         runs = list(self._runs)
         for run in runs:
             run.cancel()
@@ -380,44 +324,25 @@ class Engine:
                 await asyncio.sleep(0.5)
 
     async def _dispatch_round(self) -> None:
-        await self._return_stale()
+        claimed = self.claimed
+        await claimed.return_stale()
         while self.fleet.free_slots() > 0:
-            if not self._ready and not await self._claim_ahead():
+            limit = self.fleet.free_slots() + self.fleet.total_slots()
+            if not claimed and not await claimed.refill(limit):
                 return
-            # a scheduler that looks ahead needs the backlog; queued counts claimed tasks
-            backlog = await self.store.count_queued() if self._more_queued else len(self._ready)
-            kept: list[tuple[Task, float]] = []
-            position = 0
-            while self._ready and self.fleet.free_slots() > 0:
-                task, claimed_at = self._ready.popleft()
+            backlog = await claimed.backlog()  # for schedulers that look ahead
+            kept, position = [], 0
+            while claimed and self.fleet.free_slots() > 0:
+                task, claimed_at = claimed.pop()
                 if task.id in self._stopped:
                     continue
                 if await self._dispatch(task, max(1, backlog - position)):
                     position += 1
                 else:
                     kept.append((task, claimed_at))
-            self._ready.extendleft(reversed(kept))
+            claimed.put_back(kept)
             if kept:  # the scheduler said "not now": ask again when something changes
                 return
-
-    async def _claim_ahead(self) -> bool:
-        """Claim the tasks for the free slots and as many again, so the next slots to free
-        up are filled from memory, not after a database round trip."""
-        limit = self.fleet.free_slots() + self.fleet.total_slots()
-        tasks = await self.store.claim(self.owner, limit)
-        self._more_queued = len(tasks) == limit
-        now = time.monotonic()
-        self._ready.extend((task, now) for task in tasks)
-        return bool(tasks)
-
-    async def _return_stale(self, older_than: float = PREFETCH_HOLD) -> None:
-        """Give claimed tasks that waited here too long back to the shared queue, where
-        another replica may start them sooner."""
-        limit = time.monotonic() - older_than
-        stale = [task.id for task, claimed_at in self._ready if claimed_at <= limit]
-        if stale:
-            self._ready = collections.deque(e for e in self._ready if e[0].id not in stale)
-            await self.store.release(stale)
 
     async def _dispatch(self, task: Task, backlog: int) -> bool:
         """Start the task on an endpoint; False leaves it queued for later."""
