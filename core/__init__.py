@@ -16,6 +16,7 @@ from .comfyui.client import ComfyUIClient, PromptRejected
 from .config import Settings, load_settings
 from .errors import ConfigError, ErrorCode, RequestError, StartupError
 from .hookspecs import hookimpl
+from .memory_store import MemoryTaskStore
 from .models import (
     Artifact,
     EndpointState,
@@ -26,7 +27,7 @@ from .models import (
     TaskResult,
 )
 from .records import TaskRecord, render_task
-from .store import DuplicateClientTaskId, MemoryTaskStore, TaskStore
+from .store import DuplicateClientTaskId, TaskStore
 from .workflows import Workflow
 
 __all__ = [

@@ -25,8 +25,8 @@ from .config import Settings, get_settings
 from .engine import Engine
 from .errors import RequestError
 from .hookcall import call_all
+from .memory_store import MemoryTaskStore
 from .plugins import PluginManager, create_plugin_manager
-from .store import MemoryTaskStore
 from .workflows import collect_workflows
 
 log = logging.getLogger("comfyui_server")

@@ -2,8 +2,8 @@
 back to the shared queue when they wait too long."""
 
 from comfyui_server.core.engine.claims import ClaimedTasks
+from comfyui_server.core.memory_store import MemoryTaskStore
 from comfyui_server.core.models import Task, TaskEvent
-from comfyui_server.core.store import MemoryTaskStore
 
 
 async def queued(store, count):
