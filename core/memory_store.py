@@ -48,7 +48,9 @@ class MemoryTaskStore:
     async def close(self) -> None:
         return None
 
-    async def create(self, task: Task, events: list[TaskEvent]) -> Task:
+    async def create(
+        self, task: Task, events: list[TaskEvent], *, owner: str | None = None
+    ) -> Task:
         if task.client_task_id is not None and task.client_task_id in self._by_client:
             raise DuplicateClientTaskId(self._tasks[self._by_client[task.client_task_id]])
         task = msgspec.structs.replace(task, id=next(self._ids))
@@ -57,7 +59,10 @@ class MemoryTaskStore:
             self._by_client[task.client_task_id] = task.id
         self._events[task.id] = [msgspec.structs.replace(e, task_id=task.id) for e in events]
         if task.status == "queued":
-            self._queued[task.id] = None
+            if owner is None:
+                self._queued[task.id] = None
+            else:
+                self._owners[task.id] = owner
         return task
 
     async def get(self, task_id: int) -> Task | None:

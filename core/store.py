@@ -61,9 +61,13 @@ class TaskStore(Protocol):
 
     async def close(self) -> None: ...
 
-    async def create(self, task: Task, events: list[TaskEvent]) -> Task:
+    async def create(
+        self, task: Task, events: list[TaskEvent], *, owner: str | None = None
+    ) -> Task:
         """Insert `task` with a new id and its first events in one transaction; raise
-        DuplicateClientTaskId when its client_task_id is taken."""
+        DuplicateClientTaskId when its client_task_id is taken. With `owner`, the queued
+        task is claimed by `owner` at once, as `claim` would (a replica with a free slot
+        takes its own submission without a second write)."""
         ...
 
     async def get(self, task_id: int) -> Task | None: ...

@@ -673,3 +673,14 @@ async def test_release_chores_frees_only_that_owners_chores(store):
     assert [c.id for c in await store.claim_chores("cleanup", "other", 60, 10)] == [mine.id]
     assert not await store.finish_chore(mine.id, "me")
     assert await store.finish_chore(theirs.id, "them")
+
+
+async def test_a_task_created_with_an_owner_is_claimed_by_it(store):
+    (before,) = await add(store, 1)
+    mine = await store.create(new_task(), first_events(), owner="me")
+    (after,) = await add(store, 1)
+    assert mine == await store.get(mine.id)
+    assert [t.id for t in await store.claim("other", 10)] == [before.id, after.id]
+    await store.release([mine.id])  # given back (the scheduler said "not now" for too long)
+    assert [t.id for t in await store.claim("other", 10)] == [mine.id]
+    assert await store.count_queued() == 3  # claimed tasks still wait in the queue

@@ -47,6 +47,10 @@ class ClaimedTasks:
         when the last claim did not empty it (queued counts claimed tasks too)."""
         return await self.store.count_queued() if self._more_queued else len(self._ready)
 
+    def add(self, task: Task) -> None:
+        """A task claimed elsewhere (at submission, by `create(owner=...)`)."""
+        self._ready.append((task, time.monotonic()))
+
     def pop(self) -> Claimed:
         return self._ready.popleft()
 

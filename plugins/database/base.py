@@ -71,8 +71,9 @@ class SqlTaskStore(Outbox, Chores, ABC):
         """One statement on a writing connection, atomic by itself; returns its rows."""
 
     @abstractmethod
-    async def _insert(self, task: Task, events: list[TaskEvent]) -> int:
-        """Insert task and events in one transaction; return the new id."""
+    async def _insert(self, task: Task, events: list[TaskEvent], owner: str | None) -> int:
+        """Insert task (claimed by `owner`, if given) and events in one transaction; return
+        the new id."""
 
     @abstractmethod
     def _is_duplicate(self, exc: Exception) -> bool:
@@ -112,9 +113,11 @@ class SqlTaskStore(Outbox, Chores, ABC):
             await self.close()
             raise
 
-    async def create(self, task: Task, events: list[TaskEvent]) -> Task:
+    async def create(
+        self, task: Task, events: list[TaskEvent], *, owner: str | None = None
+    ) -> Task:
         try:
-            task_id = await self._insert(task, events)
+            task_id = await self._insert(task, events, owner)
         except Exception as exc:
             if task.client_task_id is None or not self._is_duplicate(exc):
                 raise

@@ -121,14 +121,14 @@ class PostgresTaskStore(SqlTaskStore):
         async with self.pool.acquire() as conn:
             return await conn.fetch(sql, *args)
 
-    async def _insert(self, task: Task, events: list[TaskEvent]) -> int:
+    async def _insert(self, task: Task, events: list[TaskEvent], owner: str | None) -> int:
         statuses = [e.status for e in events]
         times = [rows.utc(e.at) for e in events]
         endpoints = [e.endpoint for e in events]
         details = [e.detail for e in events]
         async with self.pool.acquire() as conn:
             return await conn.fetchval(
-                _CREATE, *rows.insert_values(task), statuses, times, endpoints, details
+                _CREATE, *rows.insert_values(task, owner), statuses, times, endpoints, details
             )
 
     def _is_duplicate(self, exc: Exception) -> bool:

@@ -43,7 +43,7 @@ TASK_COLUMNS = (
     "timings",
     "callback_events",
 )
-INSERT_COLUMNS = (*TASK_COLUMNS[1:], "s3_key", "comfy_filepath")
+INSERT_COLUMNS = (*TASK_COLUMNS[1:], "s3_key", "comfy_filepath", "owner", "claimed_at")
 EVENT_COLUMNS = ("task_id", "status", "at", "endpoint", "detail")
 
 _params = msgspec.json.Decoder(dict[str, Any])
@@ -89,8 +89,8 @@ def first_output_columns(task: Task) -> tuple[str | None, str | None]:
     return first.key, path
 
 
-def insert_values(task: Task) -> tuple[Any, ...]:
-    """Values for INSERT_COLUMNS."""
+def insert_values(task: Task, owner: str | None = None) -> tuple[Any, ...]:
+    """Values for INSERT_COLUMNS; with `owner`, the new task is claimed by it now."""
     return (
         task.workflow,
         _json(task.params),
@@ -114,6 +114,8 @@ def insert_values(task: Task) -> tuple[Any, ...]:
         _json(task.timings),
         _json(task.callback_events),
         *first_output_columns(task),
+        owner,
+        dt.datetime.now(dt.UTC) if owner is not None else None,
     )
 
 

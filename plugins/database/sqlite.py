@@ -130,13 +130,13 @@ class SQLiteTaskStore(SqlTaskStore):
         async with self._lock:
             return await self._writer.fetch(sql, *args)
 
-    async def _insert(self, task: Task, events: list[TaskEvent]) -> int:
+    async def _insert(self, task: Task, events: list[TaskEvent], owner: str | None) -> int:
         columns = ", ".join(rows.INSERT_COLUMNS)
         values = rows.placeholders(1, len(rows.INSERT_COLUMNS))
         async with self._transaction() as conn:
             ((task_id,),) = await conn.fetch(
                 f"INSERT INTO {rows.TASK_TABLE} ({columns}) VALUES ({values}) RETURNING id",
-                *rows.insert_values(task),
+                *rows.insert_values(task, owner),
             )
             events_rows = [rows.event_values(task_id, e) for e in events]
             await conn.executemany(rows.INSERT_EVENT, events_rows)
