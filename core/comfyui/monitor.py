@@ -88,7 +88,11 @@ class Watch:
             return None
         if self.node_order is None:
             return None
-        outputs = {n: self.outputs[n] for n in self.node_order if self.outputs.get(n) is not None}
+        # the prompt's own order first (as /history lists them), then nodes ComfyUI added
+        # while running (expanded ones, ids such as `12.0.3`)
+        order = {node: i for i, node in enumerate(self.node_order)}
+        ranked = sorted(self.outputs, key=lambda node: order.get(node, len(order)))
+        outputs = {node: self.outputs[node] for node in ranked}
         return {"status": {"status_str": "success", "completed": True}, "outputs": outputs}
 
     def resolve(self, kind: OutcomeKind) -> None:
