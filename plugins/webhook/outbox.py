@@ -129,8 +129,10 @@ class Outbox:
             while True:
                 await _sleep_until(due)
                 async with self.slot(url):
-                    if held is not None and held[1] - time.monotonic() > self.sender.timeout:
-                        delivery = held[0]  # still ours for a whole attempt: no claim needed
+                    left = held[1] - time.monotonic() if held is not None else 0.0
+                    if held is not None and left > self.sender.timeout + LEASE_MARGIN / 2:
+                        # ours for a whole attempt and the write that records it: no claim
+                        delivery = held[0]
                     else:
                         delivery = await self.store.claim_delivery(
                             delivery_id, self.owner, self.lease

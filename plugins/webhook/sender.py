@@ -5,6 +5,7 @@ submission), then the signed POST, all within WEBHOOK_TIMEOUT, its answer turned
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 
 import httpx
@@ -18,6 +19,8 @@ from .signing import webhook_headers
 
 DRAIN_LIMIT = 64 * 1024
 """Bytes of a receiver's answer read to keep its connection; nobody reads the body."""
+DRAIN_SECONDS = 1.0
+"""How long reading that answer may take."""
 
 
 class Sender:
@@ -40,36 +43,47 @@ class Sender:
         await self.http.aclose()
 
     async def send(self, delivery: WebhookDelivery) -> Outcome:
-        try:
-            async with asyncio.timeout(self.timeout):
-                return await self._send(delivery)
-        except TimeoutError:
-            return Outcome(error=f"no answer within {self.timeout:g} s")
+        """The answer's status line is the outcome. Its body is read afterwards only to
+        keep the connection; a receiver that said 200 and then stalls or hangs up mid-body
+        has still taken the delivery."""
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    outcome, response = await self._send(delivery, stack)
+            except TimeoutError:
+                return Outcome(error=f"no answer within {self.timeout:g} s")
+            if response is not None:
+                await _drain(response)
+            return outcome
 
-    async def _send(self, delivery: WebhookDelivery) -> Outcome:
+    async def _send(
+        self, delivery: WebhookDelivery, stack: contextlib.AsyncExitStack
+    ) -> tuple[Outcome, httpx.Response | None]:
         try:
             await self.policy.check(delivery.url, "client_callback_url")
         except RequestError as exc:
             if "cannot resolve" in exc.message:  # DNS trouble: worth another try
-                return Outcome(error=exc.message)
-            return Outcome(refused=True, error=f"refused by the URL policy: {exc.message}")
+                return Outcome(error=exc.message), None
+            return Outcome(refused=True, error=f"refused by the URL policy: {exc.message}"), None
         headers = webhook_headers(self.keys, delivery.id, delivery.body)
         try:
-            async with self.http.stream(
-                "POST", delivery.url, content=delivery.body, headers=headers
-            ) as response:
-                retry_after = parse_retry_after(response.headers.get("retry-after"), utcnow())
-                await _drain(response)
-                return Outcome(status_code=response.status_code, retry_after=retry_after)
+            response = await stack.enter_async_context(
+                self.http.stream("POST", delivery.url, content=delivery.body, headers=headers)
+            )
         except httpx.HTTPError as exc:
-            return Outcome(error=f"{type(exc).__name__}: {exc}".rstrip(": "))
+            return Outcome(error=f"{type(exc).__name__}: {exc}".rstrip(": ")), None
+        retry_after = parse_retry_after(response.headers.get("retry-after"), utcnow())
+        return Outcome(status_code=response.status_code, retry_after=retry_after), response
 
 
 async def _drain(response: httpx.Response) -> None:
     """Read a short answer to its end, so its connection goes back to the pool (an unread
-    body closes it: measured, a new TCP connection per delivery); a long one is dropped."""
+    body closes it: measured, a new TCP connection per delivery); a long, slow or broken
+    one is dropped with its connection."""
     read = 0
-    async for chunk in response.aiter_raw():
-        read += len(chunk)
-        if read > DRAIN_LIMIT:
-            return
+    with contextlib.suppress(httpx.HTTPError, TimeoutError):
+        async with asyncio.timeout(DRAIN_SECONDS):
+            async for chunk in response.aiter_raw():
+                read += len(chunk)
+                if read > DRAIN_LIMIT:
+                    return
