@@ -26,6 +26,7 @@ class MemoryTaskStore:
     """Keeps tasks in this process only. Fast, and lost on restart."""
 
     durable = False
+    claim_lease = None  # one process: a claim never needs to lapse
 
     def __init__(self) -> None:
         self._tasks: dict[int, Task] = {}
@@ -33,6 +34,8 @@ class MemoryTaskStore:
         self._events: dict[int, list[TaskEvent]] = {}
         self._unnotified: set[int] = set()
         self._owners: dict[int, str] = {}
+        self._seen: dict[str, dt.datetime] = {}
+        """Replicas' last heartbeats."""
         """Who claimed each task: in one process that is one engine at a time."""
         self._queued: dict[int, None] = {}
         """Queued, unclaimed ids in id order (a dict is an ordered set)."""
@@ -113,7 +116,7 @@ class MemoryTaskStore:
         return sum(1 for t in self._tasks.values() if t.status == "queued")
 
     async def heartbeat(self, owner: str) -> None:
-        return None
+        self._seen[owner] = utcnow()
 
     async def mark_notified(self, task_id: int) -> None:
         self._unnotified.discard(task_id)
@@ -129,13 +132,16 @@ class MemoryTaskStore:
         return found
 
     async def retire(self, owner: str) -> None:
-        return None
+        self._seen.pop(owner, None)
 
     async def adopt(self, owner: str, stale_after: float, *, own: bool = False) -> list[Task]:
         adopted = []
+        alive_since = utcnow() - dt.timedelta(seconds=stale_after)
+        alive = {name for name, seen in self._seen.items() if seen >= alive_since}
         for task in self._tasks.values():
             holder = self._owners.get(task.id)
-            if task.status in ("dispatched", "running") and (holder != owner or own):
+            orphan = holder is None or holder not in alive or (own and holder == owner)
+            if task.status in ("dispatched", "running") and orphan:
                 self._owners[task.id] = owner
                 adopted.append(task)
         return adopted

@@ -56,6 +56,9 @@ class DuplicateClientTaskId(Exception):
 class TaskStore(Protocol):
     durable: bool
     """False when tasks vanish on restart (the server warns at start)."""
+    claim_lease: float | None
+    """Seconds after which a claimed task still queued may be claimed by another owner (the
+    claimer is presumed dead); None when claims never lapse. Claimers hold tasks for less."""
 
     async def open(self) -> None: ...
 
@@ -90,7 +93,8 @@ class TaskStore(Protocol):
         ...
 
     async def release(self, task_ids: list[int]) -> None:
-        """Give claimed tasks back to the queue (the scheduler said "not now")."""
+        """Give claimed tasks back to the queue (the scheduler said "not now"); a task no
+        longer queued (dispatched meanwhile) keeps its owner."""
         ...
 
     async def unfinished(self) -> list[Task]:

@@ -44,3 +44,10 @@ async def test_tasks_held_too_long_go_back_to_the_shared_queue():
     assert await store.claim("other", 10) == tasks
     assert not await claimed.refill(10)
     assert await claimed.backlog() == 0
+
+
+async def test_a_short_claim_lease_shortens_the_hold():
+    store = MemoryTaskStore()
+    assert ClaimedTasks(store, "me").hold == 10.0  # claims in memory never lapse
+    store.claim_lease = 0.4
+    assert ClaimedTasks(store, "me").hold == 0.2

@@ -684,3 +684,15 @@ async def test_a_task_created_with_an_owner_is_claimed_by_it(store):
     await store.release([mine.id])  # given back (the scheduler said "not now" for too long)
     assert [t.id for t in await store.claim("other", 10)] == [mine.id]
     assert await store.count_queued() == 3  # claimed tasks still wait in the queue
+
+
+async def test_release_leaves_a_task_that_was_dispatched_meanwhile_with_its_owner(store):
+    await add(store, 2)
+    first, second = await store.claim("replica-a", 2)
+    dispatched = replace(first, status="dispatched", endpoint="e:1", comfyui_task_id="p1")
+    assert await store.save(dispatched)
+    for name in ("replica-a", "replica-b"):
+        await store.heartbeat(name)
+    await store.release([first.id, second.id])  # a late "give it back" for both
+    assert await store.adopt("replica-b", stale_after=60) == []  # still replica-a's
+    assert [t.id for t in await store.claim("replica-b", 10)] == [second.id]

@@ -16,8 +16,8 @@ from ..models import Task
 from ..store import TaskStore
 
 HOLD = 10.0
-"""Seconds a claimed task may wait here; well inside the store's claim lease (the database
-plugin's DB_CLAIM_LEASE, 60 s), so a task held here is never claimed by another replica."""
+"""Seconds a claimed task may wait here, at most; well inside the database plugin's default
+claim lease (DB_CLAIM_LEASE, 60 s). A shorter lease shortens the hold (`ClaimedTasks.hold`)."""
 
 Claimed = tuple[Task, float]
 """A task and when (monotonic) it was claimed."""
@@ -27,6 +27,10 @@ class ClaimedTasks:
     def __init__(self, store: TaskStore, owner: str) -> None:
         self.store = store
         self.owner = owner
+        lease = getattr(store, "claim_lease", None)  # a third-party store may not say
+        self.hold = min(HOLD, lease / 2) if lease else HOLD
+        """How long a task may wait here: `HOLD`, or half the store's claim lease if that
+        is shorter, so no other replica can claim a task this one still holds."""
         self._ready: collections.deque[Claimed] = collections.deque()
         self._more_queued = False
         """Whether the last claim left tasks in the shared queue."""
@@ -58,10 +62,10 @@ class ClaimedTasks:
         """Return tasks the scheduler did not place, ahead of the rest, in their order."""
         self._ready.extendleft(reversed(list(claimed)))
 
-    async def return_stale(self, older_than: float = HOLD) -> None:
-        """Give the tasks held longer than `older_than` seconds back to the shared queue
-        (all of them with a negative value, at shutdown)."""
-        limit = time.monotonic() - older_than
+    async def return_stale(self, older_than: float | None = None) -> None:
+        """Give the tasks held longer than `older_than` seconds (default `hold`) back to
+        the shared queue (all of them with a negative value, at shutdown)."""
+        limit = time.monotonic() - (self.hold if older_than is None else older_than)
         stale = {task.id for task, claimed_at in self._ready if claimed_at <= limit}
         if stale:
             self._ready = collections.deque(c for c in self._ready if c[0].id not in stale)

@@ -45,6 +45,7 @@ class SqlTaskStore(Outbox, Chores, ABC):
 
     def __init__(self, target: DatabaseTarget) -> None:
         self.target = target
+        self.claim_lease = target.claim_lease
 
     # ---- connections (per backend) ---------------------------------------------------------
 

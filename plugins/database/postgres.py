@@ -67,7 +67,8 @@ _CLAIM = f"""
     RETURNING {rows.columns("t.")}"""
 
 _RELEASE = (
-    f"UPDATE {rows.TASK_TABLE} SET owner = NULL, claimed_at = NULL WHERE id = ANY($1::bigint[])"
+    f"UPDATE {rows.TASK_TABLE} SET owner = NULL, claimed_at = NULL "
+    "WHERE id = ANY($1::bigint[]) AND status = 'queued'"
 )
 
 

@@ -177,6 +177,6 @@ class SQLiteTaskStore(SqlTaskStore):
         if task_ids:
             await self._write(
                 f"UPDATE {rows.TASK_TABLE} SET owner = NULL, claimed_at = NULL "
-                f"WHERE id IN ({rows.placeholders(1, len(task_ids))})",
+                f"WHERE id IN ({rows.placeholders(1, len(task_ids))}) AND status = 'queued'",
                 *task_ids,
             )
