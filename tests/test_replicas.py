@@ -132,3 +132,31 @@ def test_a_cancel_sent_to_another_replica_stops_the_prompt_on_comfyui(
     wait_until(lambda: not comfyui_emulator.queue_running)
     for api in (runner.api, other.api):
         assert httpx.get(f"{api}/tasks/{task_id}").json()["status"] == "cancelled"
+
+
+class Unreachable:
+    """An endpoint where nothing listens."""
+
+    address = "127.0.0.1:9"
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_task_cancelled_elsewhere_before_its_prompt_started_is_stopped_when_it_starts(
+    backend, make_db_url, comfyui_emulator_factory, server_factory
+):
+    """The cancelling replica cannot reach that ComfyUI, so it only records the cancel; the
+    running replica's `running` step is then refused, and it interrupts its own prompt."""
+    emulator = comfyui_emulator_factory(node_time=1.0)
+    emulator.hang()
+    env = {"DATABASE_URL": make_db_url(backend), "MAX_IN_FLIGHT_PER_ENDPOINT": "2"}
+    runner = server_factory([emulator], env=env)
+    submit(runner.api, 1)
+    second = submit(runner.api, 2)
+    wait_until(lambda: len(emulator.queue_pending) == 1)
+    prompt_id = httpx.get(f"{runner.api}/tasks/{second}").json()["comfyui_task_id"]
+    other = server_factory([Unreachable()], env=env, wait_up=False)
+    assert httpx.delete(f"{other.api}/tasks/{second}").json()["status"] == "cancelled"
+    emulator.hang(False)  # the first prompt goes on; the second starts after it
+    wait_until(lambda: prompt_id in emulator.history, timeout=20)
+    assert emulator.history[prompt_id]["status"]["messages"][-1][0] == "execution_interrupted"
+    assert httpx.get(f"{runner.api}/tasks/{second}").json()["status"] == "cancelled"

@@ -292,8 +292,18 @@ class Engine:
         attempt = self._attempts.get(task.id)
         if attempt is None:  # waiting in the queue, or running for another replica
             self._stopped.add(task.id)
+            # the end is recorded first, so the other replica's interrupted attempt finds
+            # the task ended and cannot record its own end over this one
+            ended = await self._finish(task, stop.status, stop.code, stop.message)
             await self._stop_prompt_elsewhere(task)
-            return await self._finish(task, stop.status, stop.code, stop.message)
+            return ended
+        await self._stop_attempt(attempt, stop)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(attempt.done.wait(), timeout=10)
+        return await self.store.get(task.id) or attempt.task
+
+    async def _stop_attempt(self, attempt: Attempt, stop: Stop) -> None:
+        """Take the attempt's prompt off ComfyUI and end its wait; `_run` records `stop`."""
         attempt.stop = stop
         if attempt.watch.submitted:
             client = attempt.monitor.client
@@ -301,9 +311,14 @@ class Engine:
                 await client.delete_from_queue([attempt.prompt_id])  # if still pending
                 await client.interrupt(attempt.prompt_id)  # if running; no-op otherwise
         attempt.watch.resolve("stopped")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(attempt.done.wait(), timeout=10)
-        return await self.store.get(task.id) or attempt.task
+
+    def _ended_elsewhere(self, attempt: Attempt) -> None:
+        """A step of the attempt was refused: another replica ended the task (a cancel or
+        a deadline) before its prompt could be stopped here. Stop it now."""
+        if attempt.stop is None:
+            log.info("task %s ended elsewhere; stopping its prompt", attempt.task.id)
+            attempt.stop = Stop("cancelled", ErrorCode.CANCELLED, "ended by another replica")
+            self.spawn(self._stop_attempt(attempt, attempt.stop))
 
     async def _stop_prompt_elsewhere(self, task: Task) -> None:
         """Stop the prompt of a task another replica runs: its attempt then ends as
@@ -507,7 +522,8 @@ class Engine:
             uploaded.append(params[name])
         if uploaded:  # recorded at once, so cleanup finds them whatever happens next
             attempt.task = msgspec.structs.replace(task, inputs=(*task.inputs, *uploaded))
-            await self.store.save(attempt.task)
+            if not await self.store.save(attempt.task):
+                raise Stopped(Stop("cancelled", ErrorCode.CANCELLED, "ended by another replica"))
         return params
 
     async def _wait(self, attempt: Attempt) -> None:
@@ -526,7 +542,15 @@ class Engine:
                 attempt.task = msgspec.structs.replace(
                     attempt.task, status="running", started_at=utcnow()
                 )
-                recording = asyncio.ensure_future(self._step(attempt, "running"))
+                recording = asyncio.ensure_future(self._record(attempt.task, "running"))
+                recording.add_done_callback(
+                    lambda done: (
+                        done.cancelled()
+                        or done.exception() is not None
+                        or done.result()
+                        or self._ended_elsewhere(attempt)
+                    )
+                )
         try:
             outcome = await watch.future
             attempt.ended_at = utcnow()
@@ -580,9 +604,6 @@ class Engine:
         raise EndpointLost(f"{client.name} has no history for prompt {prompt_id}")
 
     # ---- steps and endings -----------------------------------------------------------------
-
-    async def _step(self, attempt: Attempt, status: TaskStatus) -> None:
-        await self._record(attempt.task, status)
 
     async def _record(self, task: Task, status: TaskStatus, detail: str | None = None) -> bool:
         """Save the step; False when the task had already ended (cancelled or timed out by
