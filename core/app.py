@@ -101,6 +101,7 @@ def create_app(
         # for image URLs and plugins; each ComfyUI endpoint has its own pool (client.py)
         http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0), trust_env=False)
         started = False
+        engine: Engine | None = None
         try:
             # the engine exists before plugins start, so they can reach it (app.state.engine),
             # and runs only after they have started
@@ -116,6 +117,8 @@ def create_app(
         finally:
             if started:
                 await call_all(pm.hook.shutdown, isolate=True, reverse=True, app=app)
+            if engine is not None:  # also when a plugin or the engine failed to start
+                await engine.close()
             await http.aclose()
             await store.close()
 

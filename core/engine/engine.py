@@ -111,9 +111,13 @@ class Engine:
         for run in runs:
             run.cancel()
         await asyncio.gather(*runs, return_exceptions=True)
-        await self.fleet.close()
         with contextlib.suppress(Exception):  # a store already gone: the timeout covers it
             await self.store.retire(self.owner)
+
+    async def close(self) -> None:
+        """Close the endpoints' websockets and connections: after `stop`, and after the
+        plugins have shut down (a clean-up that is stopping still talks to ComfyUI)."""
+        await self.fleet.close()
 
     def wake(self) -> None:
         self._wakeup.set()
