@@ -23,6 +23,7 @@ CASES = {
     "d": "utilisation",
     "e": "memory",
     "f": "large_output",
+    "g": "http_client",
 }
 
 PREAMBLE = """
@@ -47,7 +48,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--cases", default=",".join(CASES), help="comma-separated subset of " + ",".join(CASES)
     )
     parser.add_argument("--out", default="docs/benchmarks.md", help="the report to write")
-    parser.add_argument("--quick", action="store_true", help="fewer tasks per case (smoke run)")
+    parser.add_argument("--quick", action="store_true", help="fewer tasks per case")
+    parser.add_argument(
+        "--tiny", action="store_true", help="each case at a tiny size (the tests' smoke run)"
+    )
     parser.add_argument(
         "--profile",
         action="store_true",
@@ -86,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     logs = tmp / "logs"
     logs.mkdir()
     print(f"scratch folder and logs: {tmp}", file=sys.stderr)
-    ctx = Context(tmp=tmp, logs=logs, quick=args.quick, profile=args.profile)
+    ctx = Context(tmp=tmp, logs=logs, quick=args.quick, tiny=args.tiny, profile=args.profile)
     try:
         import uvloop
 

@@ -49,9 +49,17 @@ class Context:
     tmp: Path
     logs: Path
     quick: bool = False
+    tiny: bool = False
+    """Sizes only big enough to show each case runs end to end (the test suite's smoke run);
+    its figures mean nothing."""
     profile: bool = False
     colors: itertools.count = field(default_factory=lambda: itertools.count(1))
     shared: dict = field(default_factory=dict)
+
+    def size(self, full: int, quick: int, tiny: int) -> int:
+        """The size of a run: `full` by default, smaller with --quick or --tiny."""
+        return tiny if self.tiny else quick if self.quick else full
+
     """Figures one case measures for another (RSS at 10,000 queued, from the submission run)."""
 
     def color(self) -> int:

@@ -100,7 +100,7 @@ async def through_server(
 
 async def run(ctx: Context) -> CaseResult:
     result = CaseResult("f", "A 100 MB output through storage")
-    side = 2900 if ctx.quick else SIDE
+    side = ctx.size(SIDE, 2900, 300)
     base = ctx.tmp / "f-emu"
     make_noise(base / "emu0" / "input" / "noise.png", side)
     emulators = Emulators(ctx.logs, base, name="f-emulator")

@@ -80,7 +80,8 @@ def _fmt(stats: dict[str, float]) -> str:
 
 async def run(ctx: Context) -> CaseResult:
     result = CaseResult("a", "Overhead per task")
-    sizes = {1: 150 if ctx.quick else 400, 16: 320 if ctx.quick else 800}
+    sizes = {1: ctx.size(400, 150, 10), 16: ctx.size(800, 320, 32)}
+    warmup = ctx.size(WARMUP, WARMUP, 3)
     floor_emu = Emulators(ctx.logs, ctx.tmp / "a-floor", name="a-floor-emulator")
     server_emu = Emulators(ctx.logs, ctx.tmp / "a-server", name="a-emulator")
     server = Server(ctx.logs, ctx.tmp / "a-data", server_emu.addresses, name="a-server")
@@ -89,8 +90,8 @@ async def run(ctx: Context) -> CaseResult:
         await asyncio.sleep(0.5)
         ctx.shared["rss_idle"] = rss_mb(server.pid)
         ctx.shared["rss_idle_emulator"] = rss_mb(floor_emu.pid)
-        await direct(ctx, floor_emu, 1, WARMUP)
-        await through_server(ctx, server, server_emu, sink, 1, WARMUP)
+        await direct(ctx, floor_emu, 1, warmup)
+        await through_server(ctx, server, server_emu, sink, 1, warmup)
         for concurrency, count in sizes.items():
             floor = summary(await direct(ctx, floor_emu, concurrency, count))
             ours = summary(await through_server(ctx, server, server_emu, sink, concurrency, count))
@@ -110,7 +111,7 @@ async def run(ctx: Context) -> CaseResult:
             result.notes.append(
                 f"Concurrency {concurrency}: {ours['n']} tasks through the server (mean overhead "
                 f"{ours['mean']:.1f} ms), {floor['n']} prompts straight to the emulator (mean "
-                f"{floor['mean']:.1f} ms); after {WARMUP} warm-up tasks each. Median ms per "
+                f"{floor['mean']:.1f} ms); after {warmup} warm-up tasks each. Median ms per "
                 f"phase, from the records' `timings`: {describe_phases(ctx.shared['records'])}."
             )
     finally:

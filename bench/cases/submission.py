@@ -55,8 +55,9 @@ async def through_server(ctx: Context, label: str, database_url: str | None, cou
         def body() -> bytes:
             return submission({"color": ctx.color()}, "http://127.0.0.1:9/hook")
 
-        await load(server.url, body, WARMUP, "/api/v1")
-        rate, latencies = await load(server.url, body, count - WARMUP, "/api/v1")
+        warmup = min(WARMUP, count // 10)
+        await load(server.url, body, warmup, "/api/v1")
+        rate, latencies = await load(server.url, body, count - warmup, "/api/v1")
         return rate, latencies, rss_mb(server.pid)
     finally:
         server.stop()
@@ -75,8 +76,9 @@ async def direct(ctx: Context, count: int):
             prompt = blank_prompt(graph, ctx.color())
             return msgspec.json.encode({"prompt": prompt, "client_id": comfy.client_id})
 
-        await load(emulators.url(), body, WARMUP, "/prompt")
-        rate, latencies = await load(emulators.url(), body, count - WARMUP, "/prompt")
+        warmup = min(WARMUP, count // 10)
+        await load(emulators.url(), body, warmup, "/prompt")
+        rate, latencies = await load(emulators.url(), body, count - warmup, "/prompt")
         return rate, latencies, rss_mb(emulators.pid) - idle
     finally:
         emulators.stop()
@@ -84,7 +86,7 @@ async def direct(ctx: Context, count: int):
 
 async def run(ctx: Context) -> CaseResult:
     result = CaseResult("c", "Submission alone")
-    count = 3000 if ctx.quick else QUEUED
+    count = ctx.size(QUEUED, 3000, 300)
     floor, floor_lat, floor_growth = await direct(ctx, count)
     ctx.shared["rss_growth_queued_emulator"] = floor_growth
     ctx.shared["queued"] = count

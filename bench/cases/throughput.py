@@ -88,10 +88,11 @@ def stop(processes) -> None:
 
 async def run(ctx: Context) -> CaseResult:
     result = CaseResult("b", "End-to-end throughput")
-    count = 600 if ctx.quick else 2000
+    count = ctx.size(2000, 600, 40)
+    warmup = ctx.size(100, 100, 5)
     emulators = start_emulators(ctx, "floor")
     try:
-        await direct(ctx, emulators, 100)  # warm-up
+        await direct(ctx, emulators, warmup)
         floor = await direct(ctx, emulators, count)
     finally:
         stop(emulators)
@@ -160,7 +161,7 @@ async def _server_run(
         name=f"b-server-{label}",
     )
     try:
-        await through_server(ctx, server, 100)  # warm-up
+        await through_server(ctx, server, ctx.size(100, 100, 5))  # warm-up
         recorder = (
             Recorder(server.pid, ctx.logs / f"b-profile-{label}.txt") if ctx.profile else None
         )
