@@ -37,8 +37,9 @@ used by the test suite; a missed target is reported here, not failed.
 
 On a 2-core machine shared by all these processes, figures move by 10-30 % from one run to
 the next; compare runs, not digits. `--profile` (`nox -s bench -- --profile`) records the
-server with py-spy during case b and adds its hotspots below; `--quick` is a smoke run;
-`--cases a,c` runs a subset.
+server with py-spy during case b and adds its hotspots below; `--quick` is a smaller run;
+`--tiny` is the test suite's smoke run (tests/test_bench_smoke.py: every case runs, figures
+mean nothing); `--cases a,c` runs a subset.
 """
 
 

@@ -145,6 +145,10 @@ async def run(ctx: Context) -> CaseResult:
         "awaiting `executing` null.",
         "PostgreSQL: a scratch database created for the run and dropped after it, default pool "
         "(DB_POOL_SIZE=10).",
+        "What bounds it: the server process runs on one core (one event loop), and every task "
+        "costs it three HTTP requests of its own (POST /prompt, GET /view, the webhook) besides "
+        "the one it answers; in the profile (`--profile`) the HTTP client is the largest layer, "
+        "and case g measures what one request costs each client.",
     ]
     return result
 
