@@ -136,6 +136,10 @@ class EndpointState(msgspec.Struct, frozen=True, kw_only=True):
     """How long a prompt of ours takes to run here, in seconds: a moving average over the
     recent ones that succeeded, from ComfyUI's `execution_start` to their end (time queued
     in ComfyUI not included), over every workflow run here. None until one has."""
+    running_for: float = 0.0
+    """How long, in seconds, the prompt of ours that ComfyUI is running here has been running:
+    since its `execution_start`, for the prompt that started last and has not ended (ComfyUI
+    runs one at a time). 0 when none is, or when the running prompt is another client's."""
 
     @property
     def free_slots(self) -> int:

@@ -5,7 +5,8 @@ While some endpoint that could run the workflow has no measured speed yet, it is
 shortest queue, counting what we sent but ComfyUI has not reported yet (the seed sent a
 whole burst to one endpoint because it did not), divided by the endpoint's weight, ties in
 turn. Once every one has run a prompt of ours, the measured speeds replace the weights
-(see `by_speed`).
+(see `by_speed`), and how long the prompt running on an endpoint has run shortens the wait
+for it, up to `OVERRUN` times its speed, after which the endpoint is no longer waited for.
 """
 
 from __future__ import annotations
@@ -17,6 +18,28 @@ from collections.abc import Callable, Sequence
 from comfyui_server.core import EndpointState, Task, Workflow, hookimpl
 
 _turn = itertools.count()
+
+OVERRUN = 2.0
+"""A prompt of ours that has run this many times its endpoint's `seconds_per_task` is no
+longer expected to end soon: the endpoint is not waited for (it finishes nothing before any
+deadline, see `done_before`) and no task is queued behind that prompt while another
+endpoint could take it (its `finish_time` is unknown, so infinite).
+
+The average tells when a run should end, not when this one will. One that has taken twice
+as long is stuck (ComfyUI hung while its websocket stays up, which nothing else notices),
+loading a model (which can take ten times as long), or a longer workflow than the average
+is made of: its end may be far off and is not known. Twice leaves room for the ordinary
+spread of run times (other parameters, a busy machine) below it. A wrong guess costs
+little: a task that could have waited for the faster endpoint starts on a slower free one
+and ends less than one of that endpoint's runs later. Waiting for a prompt that never ends
+costs without bound: the tail of the batch would wait while the slower endpoint idles. A
+held task is offered again at least every second (the dispatcher's idle timeout), so the
+hold ends within about a second of the bound."""
+
+LEAST_LEFT = 0.05
+"""The least of a run a prompt that has not ended yet is counted to have left, as a fraction
+of `seconds_per_task`: one that has run longer than the average is due any moment, not
+already done."""
 
 
 def queue(endpoint: EndpointState) -> int:
@@ -36,16 +59,37 @@ def seconds(endpoint: EndpointState) -> float:
     return max(endpoint.seconds_per_task or 0.0, 1e-6)
 
 
+def overran(endpoint: EndpointState) -> bool:
+    """Its running prompt has run more than `OVERRUN` times its measured speed."""
+    return endpoint.running_for > OVERRUN * seconds(endpoint)
+
+
+def ahead(endpoint: EndpointState) -> float:
+    """Seconds until its queue is done: the prompt of ours it runs, for what its speed leaves
+    of it (`running_for` on from its start, at least `LEAST_LEFT` of a run), the rest whole.
+    A prompt of another client's counts whole, since we do not see when it started."""
+    queued, each = queue(endpoint), seconds(endpoint)
+    if endpoint.running_for <= 0 or queued == 0:
+        return queued * each
+    return (queued - 1) * each + max(each - endpoint.running_for, LEAST_LEFT * each)
+
+
 def finish_time(endpoint: EndpointState) -> float:
     """Seconds until a task sent now would be done: after the queue ahead of it, then its
-    own run. The running prompt counts whole, since we do not know how far it got."""
-    return (queue(endpoint) + 1) * seconds(endpoint)
+    own run. Unknown (infinite) behind a prompt that `overran`."""
+    if overran(endpoint):
+        return math.inf
+    return ahead(endpoint) + seconds(endpoint)
 
 
 def done_before(endpoint: EndpointState, deadline: float) -> int:
     """How many more tasks `endpoint` would finish, after its queue, strictly before
-    `deadline` seconds from now (up to a rounding error: a tie does not count)."""
-    return max(0, math.ceil(deadline / seconds(endpoint) - 1e-9) - 1 - queue(endpoint))
+    `deadline` seconds from now (up to a rounding error: a tie does not count). None when its
+    running prompt `overran`: it is not waited for."""
+    if overran(endpoint):
+        return 0
+    spare = (deadline - ahead(endpoint)) / seconds(endpoint)
+    return max(0, math.ceil(spare - 1e-9) - 1)
 
 
 def in_turn(
@@ -70,10 +114,17 @@ def by_speed(
     instead and is offered again when a slot frees. A free endpoint that some waiting task
     needs is never left idle, and with no busy endpoint nothing is held (an idle faster
     endpoint would have been the choice).
+
+    A busy endpoint whose running prompt `overran` is not waited for. And when every free
+    slot is behind such a prompt, the task waits for any other endpoint that could run it
+    rather than queue there; with none, it goes there.
     """
     best = in_turn(candidates, finish_time)
+    others = [e for e in able if e.name != best.name]
+    if overran(best):
+        return None if any(not overran(e) for e in others) else best
     deadline = finish_time(best)
-    sooner = sum(done_before(e, deadline) for e in able if e.name != best.name)
+    sooner = sum(done_before(e, deadline) for e in others)
     return None if sooner >= backlog else best
 
 

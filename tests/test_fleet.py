@@ -207,21 +207,30 @@ def test_endpoint_management_needs_an_admin_key(comfyui_emulator, server_factory
     )
 
 
-def test_a_slow_endpoint_gets_its_share_and_the_makespan_stays_near_optimal(
+def test_a_slow_endpoint_gets_the_share_of_a_batch_that_ends_it_soonest(
     comfyui_emulator_factory, server_factory
 ):
-    """Two endpoints at 0.3 s a task and one three times slower; 30 tasks. The makespan,
-    from the first task's creation to the last one's end, is within 10% of the best split.
+    """Two endpoints at 0.3 s a task and one three times slower; 30 tasks. Every task
+    completes, and the split between the endpoints is the one that ends the batch soonest by
+    their speeds: 13, 13 and 4 (3.9 s), the only one (12/14/4 takes 4.2 s, 13/12/5 4.5 s).
+
+    The split, not the time: how long the batch takes on a 2-core machine running other
+    tests too says more about the load than about the scheduler. The wall-clock makespan
+    over the best split is in the message for information; bench case d measures it with
+    the emulators in processes of their own (target 1.1x).
 
     No warm-up: each endpoint's first prompt of the batch measures its speed (until then
     the shortest queue decides), so the scheduler knows every speed long before the tail
     of the batch, where it holds the last tasks back from the slow endpoint. Endpoints keep
-    the default two prompts each: with one, every endpoint idles for our own round trip
-    between prompts (about 25 ms a task here, 8% of the makespan before any scheduling),
-    and the speed-aware choice counts the prompt queued behind a running one, which is what
-    made one prompt per endpoint necessary for the plain shortest queue. The plain shortest
-    queue measured 1.16-1.19x here (one prompt or two per endpoint), the speed-aware one
-    1.02-1.06x."""
+    the default two prompts each: the speed-aware choice counts the prompt queued behind a
+    running one.
+
+    Not at the mercy of the load: the choices that make the split have tasks to spare. When
+    the slow endpoint frees a slot near the end (at about 2.8 s), a fifth task there would
+    end at about 4.6 s; 5 tasks wait then, and the fast endpoints would finish about 7
+    before that. And a run must take twice its endpoint's average before the endpoint is no
+    longer waited for (`least_queue.OVERRUN`). When written, it split 13/13/4 in each of 17
+    runs beside other tests, 5 of them with two more processes spinning on the 2 cores."""
     fast = [comfyui_emulator_factory(node_time=0.15) for _ in range(2)]
     slow = comfyui_emulator_factory(node_time=0.45)
     server = server_factory([*fast, slow])
@@ -229,12 +238,17 @@ def test_a_slow_endpoint_gets_its_share_and_the_makespan_stays_near_optimal(
     records = [wait_final(server.api, i, timeout=90) for i in ids]
     assert {r["status"] for r in records} == {"completed"}
     counts = Counter(r["endpoint"] for r in records)
-    assert counts[slow.address] < min(counts[f.address] for f in fast), counts
-    # the best integer split of 30 tasks: each fast endpoint 13 (3.9 s), the slow one 4
-    # (3.6 s) -> 3.9 s
-    optimal = min(
-        max(n1 * 0.3, n2 * 0.3, (30 - n1 - n2) * 0.9) for n1 in range(31) for n2 in range(31 - n1)
-    )
+    split = (*(counts[f.address] for f in fast), counts[slow.address])
+    tenths = (3, 3, 9)  # a task's run on each endpoint, in tenths of a second
+
+    def span(split: tuple[int, ...]) -> int:
+        return max(n * t for n, t in zip(split, tenths, strict=True))
+
+    best = min(span((n1, n2, 30 - n1 - n2)) for n1 in range(31) for n2 in range(31 - n1))
     start = min(dt.datetime.fromisoformat(r["created_at"]) for r in records)
     end = max(dt.datetime.fromisoformat(r["finished_at"]) for r in records)
-    assert (end - start).total_seconds() <= 1.1 * optimal, (end - start, optimal, counts)
+    wall = (end - start).total_seconds()
+    assert span(split) == best, (
+        f"split {split} ends after {span(split) / 10} s of runs, the best after {best / 10} s; "
+        f"wall clock {wall:.2f} s, {wall / (best / 10):.2f}x the best (for information)"
+    )

@@ -120,6 +120,58 @@ def test_nothing_is_held_without_a_busy_endpoint_to_wait_for():
         assert choose([other, slow]) == "slow", other
 
 
+def test_the_running_prompt_counts_for_what_is_left_of_it():
+    # one fast endpoint, its prompt started 0.2 s ago: done at 0.1 s, then 0.4 s and 0.7 s,
+    # both before the slow one would finish (0.9 s); counted whole, only 0.6 s was
+    slow = endpoint("slow", speed=0.9)
+    fresh = endpoint("fast", busy=1, speed=0.3)
+    running = endpoint("fast", busy=1, speed=0.3, running_for=0.2)
+    assert choose([fresh, slow], backlog=2) == "slow"
+    assert choose([running, slow], backlog=2) is None
+    assert choose([running, slow], backlog=3) == "slow"
+    # and where a task finishes first: behind the running prompt at 0.4 s, not 0.6 s
+    medium = endpoint("medium", capacity=2, speed=0.5)
+    assert choose([endpoint("fast", busy=1, capacity=2, speed=0.3), medium]) == "medium"
+    assert choose([endpoint("fast", busy=1, capacity=2, speed=0.3, running_for=0.2), medium]) == (
+        "fast"
+    )
+    # a prompt past its average is due any moment (LEAST_LEFT), not done: the one queued
+    # behind it ends at ~0.3 s, a new one at ~0.6 s, before 0.9 s; a second one would not
+    late = endpoint("fast", busy=2, capacity=2, speed=0.3, running_for=0.5)
+    assert choose([late, slow], backlog=1) is None
+    assert choose([late, slow], backlog=2) == "slow"
+
+
+def test_an_endpoint_whose_prompt_overran_is_not_waited_for():
+    fast = [endpoint(n, busy=1, speed=0.3, running_for=0.5) for n in ("f1", "f2")]
+    slow = endpoint("slow", speed=0.9)
+    assert choose([*fast, slow], backlog=1) is None  # late, but within OVERRUN x 0.3 s
+    stuck = [endpoint(n, busy=1, speed=0.3, running_for=0.61) for n in ("f1", "f2")]
+    assert choose([*stuck, slow], backlog=1) == "slow"
+    # one still counted on is waited for as before (done at 0.3 s, one more at 0.6 s); the
+    # stuck one adds nothing
+    counted_on = endpoint("f2", busy=1, speed=0.3)
+    assert choose([stuck[0], counted_on, slow], backlog=1) is None
+    assert choose([stuck[0], counted_on, slow], backlog=2) == "slow"
+    # however long it has run, the tail is not held for it
+    hung = endpoint("f1", busy=1, speed=0.3, running_for=3600.0)
+    assert choose([hung, slow], backlog=1) == "slow"
+
+
+def test_no_task_is_queued_behind_a_prompt_that_overran():
+    stuck = endpoint("fast", busy=1, capacity=2, speed=0.3, running_for=0.7)
+    slow = endpoint("slow", capacity=2, speed=0.9)
+    assert choose([stuck, slow], backlog=30) == "slow"  # counted whole, 0.6 s beat 0.9 s
+    # its free slot is the only one: wait for an endpoint that still works through its queue
+    full = endpoint("slow", busy=2, capacity=2, speed=0.9)
+    assert choose([stuck, full], backlog=30) is None
+    # with none, it goes there
+    assert choose([stuck], backlog=30) == "fast"
+    assert choose([stuck, endpoint("slow", busy=2, capacity=2, speed=0.9, running_for=2)]) == (
+        "fast"
+    )
+
+
 def test_no_candidate_no_choice():
     assert choose([endpoint("full", busy=1, speed=0.3)]) is None
     assert choose([endpoint("down", status="down")]) is None
@@ -183,6 +235,29 @@ async def test_speed_is_a_moving_average_of_successful_runs(watched):
     second = monitor.state().seconds_per_task
     expected = first + SPEED_ALPHA * (0.8 - first)
     assert expected <= second < expected + SPEED_ALPHA * 0.15, (first, second)
+
+
+async def test_running_for_is_how_long_our_running_prompt_has_run(watched):
+    emulator, monitor = watched
+    assert monitor.state().running_for == 0.0
+    started = asyncio.Event()
+    monitor.on_started = lambda prompt_id: started.set()
+    seen = {}
+
+    async def look_while_it_runs(watch):
+        await asyncio.wait_for(started.wait(), 10)
+        seen["at start"] = monitor.state().running_for
+        await asyncio.sleep(0.3)
+        seen["later"] = monitor.state().running_for
+        emulator.interrupt()
+
+    emulator.hang()
+    try:
+        await run(monitor, 1, then=look_while_it_runs)
+    finally:
+        emulator.hang(False)
+    assert seen["at start"] < 0.2 and seen["later"] >= 0.3, seen
+    assert monitor.state().running_for == 0.0
 
 
 async def test_failed_interrupted_and_cached_runs_leave_the_speed_alone(watched):

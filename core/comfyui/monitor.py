@@ -161,7 +161,22 @@ class EndpointMonitor:
             node_classes=self.node_classes,
             last_error=self.last_error,
             seconds_per_task=self.seconds_per_task,
+            running_for=self.running_for(),
         )
+
+    def running_for(self) -> float:
+        """Seconds since the `execution_start` of the prompt of ours running here, 0 if none.
+
+        ComfyUI runs one prompt at a time, so of the watches that started and have not ended
+        the one that started last is the one running: an earlier one ended while its end was
+        lost (a reconnect) and waits for `reconcile`.
+        """
+        starts = [
+            w.started_at
+            for w in self.watches.values()
+            if w.started_at is not None and not w.future.done()
+        ]
+        return time.monotonic() - max(starts) if starts else 0.0
 
     def reserve(self, prompt_id: str) -> Watch:
         """Take a slot before uploading or posting, so no finish can race the watch."""
