@@ -81,6 +81,8 @@ class Engine:
         self._runs: set[asyncio.Task] = set()
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self.claimed = ClaimedTasks(store, self.owner)
+        self._taking = 0
+        """Submissions being recorded as claimed by this replica right now."""
         self._stopped: set[int] = set()
         """Queued tasks ended by cancel/deadline; a claim that races them skips them."""
         self._loop_tasks: list[asyncio.Task] = []
@@ -198,7 +200,8 @@ class Engine:
         )
         # with a slot free for it, this replica claims the task as it records it: the
         # dispatcher finds it in memory instead of claiming it with a second write
-        take = self.fleet.free_slots() > len(self.claimed)
+        take = self.fleet.free_slots() > len(self.claimed) + self._taking
+        self._taking += take  # submissions racing for the same free slots count too
         try:
             task = await self.store.create(
                 task,
@@ -216,6 +219,8 @@ class Engine:
                     status_code=409,
                 ) from None
             return dup.existing, False
+        finally:
+            self._taking -= take
         if take:
             self.claimed.add(task)
         self._arm_deadline(task)
