@@ -112,3 +112,12 @@ def test_records_carry_stage_timings(comfyui_emulator_factory, server_factory):
     assert set(timings) == {"queued", "upload", "comfyui_queue", "execution", "storage"}
     assert timings["execution"] >= 0.15  # two nodes of 0.1 s
     assert all(value >= 0 for value in timings.values())
+
+
+def test_a_cursor_beyond_any_task_id_is_a_400_naming_it(comfyui_emulator, server_factory):
+    """Ids are 64-bit: a larger cursor is bad input, not a database overflow."""
+    server = server_factory([comfyui_emulator])
+    response = httpx.get(server.api + "/tasks", params={"cursor": 2**63})
+    assert response.status_code == 400, response.text
+    assert "cursor" in response.text
+    assert httpx.get(server.url + "/ui/tasks", params={"before": 2**63}).status_code in (200, 303)

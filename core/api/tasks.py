@@ -175,7 +175,8 @@ class TaskController(Controller):
             dt.datetime | None, Parameter(description="Created at or after (ISO 8601).")
         ] = None,
         cursor: Annotated[
-            int | None, Parameter(ge=1, description="`x-next-cursor` of the previous page.")
+            int | None,
+            Parameter(ge=1, le=2**63 - 1, description="`x-next-cursor` of the previous page."),
         ] = None,
         limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
     ) -> Response[list[TaskRecord]]:

@@ -215,6 +215,8 @@ async def tasks(
     viewer, dashboard = viewer_of(request), of(request)
     status = status if status in STATUSES else None
     workflow = workflow or None
+    if before is not None and not 0 < before < 2**63:  # a hand-edited link: the first page
+        before = None
     found = await dashboard.engine.store.list_tasks(
         TaskQuery(
             status=status,
