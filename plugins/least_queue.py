@@ -84,7 +84,7 @@ def finish_time(endpoint: EndpointState) -> float:
 
 def done_before(endpoint: EndpointState, deadline: float) -> int:
     """How many more tasks `endpoint` would finish, after its queue, strictly before
-    `deadline` seconds from now (up to a rounding error: a tie does not count). None when its
+    `deadline` seconds from now (up to a rounding error: a tie does not count). 0 when its
     running prompt `overran`: it is not waited for."""
     if overran(endpoint):
         return 0
