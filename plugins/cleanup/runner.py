@@ -93,8 +93,8 @@ class Cleaner:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
-        # ComfyUI's clients are closed by now (the engine stops first): attempts in flight
-        # are cut short, unrecorded, and the next start takes them up where they were
+        # attempts in flight are cut short, unrecorded, and the next start takes them up
+        # where they were (their prompt ids are derived from the chore, so none runs twice)
         running = list(self._running.values())
         for job in running:
             job.cancel()
