@@ -14,26 +14,15 @@ ENDPOINTS = 50
 TARGET_QUEUED = 250.0
 
 
-async def idle(ctx: Context) -> tuple[float, float]:
-    emulators = Emulators(ctx.logs, ctx.tmp / "e-idle", name="e-idle-emulator")
+async def settled_rss(ctx: Context, label: str, endpoints: int) -> tuple[float, float]:
+    """(server RSS, emulators' RSS) in MB, 1 s after a server came up with `endpoints`
+    emulated ComfyUIs (all in one process) connected and no task."""
+    emulators = Emulators(
+        ctx.logs, ctx.tmp / f"e-{label}", count=endpoints, name=f"e-{label}-emulators"
+    )
     try:
         server = Server(
-            ctx.logs, ctx.tmp / "e-idle-data", emulators.addresses, name="e-idle-server"
-        )
-        try:
-            await asyncio.sleep(1.0)
-            return rss_mb(server.pid), rss_mb(emulators.pid)
-        finally:
-            server.stop()
-    finally:
-        emulators.stop()
-
-
-async def many_endpoints(ctx: Context) -> tuple[float, float]:
-    emulators = Emulators(ctx.logs, ctx.tmp / "e-fleet", count=ENDPOINTS, name="e-emulators")
-    try:
-        server = Server(
-            ctx.logs, ctx.tmp / "e-fleet-data", emulators.addresses, name="e-fleet-server"
+            ctx.logs, ctx.tmp / f"e-{label}-data", emulators.addresses, name=f"e-{label}-server"
         )
         try:
             await asyncio.sleep(1.0)
@@ -46,13 +35,13 @@ async def many_endpoints(ctx: Context) -> tuple[float, float]:
 
 async def run(ctx: Context) -> CaseResult:
     result = CaseResult("e", "Memory")
-    server_idle, emulator_idle = await idle(ctx)
+    server_idle, emulator_idle = await settled_rss(ctx, "idle", 1)
     if "rss_queued_sqlite" not in ctx.shared:  # case c not run: queue 10,000 tasks here
         await submission.run(ctx)
     queued = ctx.shared["queued"]
     rss_queued = ctx.shared["rss_queued_sqlite"]
     emulator_queued = emulator_idle + ctx.shared["rss_growth_queued_emulator"]
-    fleet, fleet_floor = await many_endpoints(ctx)
+    fleet, fleet_floor = await settled_rss(ctx, "fleet", ENDPOINTS)
     result.rows += [
         Row(
             "server RSS, idle (1 endpoint up, no task yet)",
