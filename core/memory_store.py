@@ -22,6 +22,17 @@ class _Claim(msgspec.Struct):
     until: dt.datetime
 
 
+def _holder(claims: dict[str, _Claim], key: str, now: dt.datetime) -> str | None:
+    """Who holds `key` now (a delivery or a chore), None when nobody or the lease ran out."""
+    claim = claims.get(key)
+    return claim.owner if claim is not None and claim.until >= now else None
+
+
+def _let_go_all(claims: dict[str, _Claim], owner: str) -> None:
+    for key in [k for k, c in claims.items() if c.owner == owner]:
+        del claims[key]
+
+
 class MemoryTaskStore:
     """Keeps tasks in this process only. Fast, and lost on restart."""
 
@@ -158,10 +169,6 @@ class MemoryTaskStore:
 
     # ---- webhook outbox ----------------------------------------------------------------
 
-    def _held(self, delivery_id: str, now: dt.datetime) -> _Claim | None:
-        claim = self._claims.get(delivery_id)
-        return claim if claim is not None and claim.until >= now else None
-
     async def add_delivery(
         self, delivery: WebhookDelivery, *, owner: str | None = None, lease: float = 0.0
     ) -> None:
@@ -192,7 +199,7 @@ class MemoryTaskStore:
             if d.status == "pending"
             and d.next_attempt_at is not None
             and d.next_attempt_at <= due_before
-            and self._held(d.id, now) is None
+            and _holder(self._claims, d.id, now) is None
         ]
         found.sort(key=lambda d: (d.next_attempt_at, d.id))
         return found[:limit]
@@ -207,7 +214,7 @@ class MemoryTaskStore:
             or delivery.status != "pending"
             or delivery.next_attempt_at is None
             or delivery.next_attempt_at > now
-            or getattr(self._held(delivery_id, now), "owner", owner) != owner
+            or _holder(self._claims, delivery_id, now) not in (None, owner)
         ):
             return None
         self._claims[delivery_id] = _Claim(owner, now + dt.timedelta(seconds=lease))
@@ -222,14 +229,9 @@ class MemoryTaskStore:
         return True
 
     async def release_deliveries(self, owner: str) -> None:
-        for delivery_id in [k for k, c in self._claims.items() if c.owner == owner]:
-            del self._claims[delivery_id]
+        _let_go_all(self._claims, owner)
 
     # ---- chores ------------------------------------------------------------------------
-
-    def _chore_holder(self, chore_id: str, now: dt.datetime) -> str | None:
-        claim = self._chore_claims.get(chore_id)
-        return claim.owner if claim is not None and claim.until >= now else None
 
     async def add_chore(
         self,
@@ -271,7 +273,7 @@ class MemoryTaskStore:
                 if c.kind == kind
                 and c.finished_at is None
                 and c.due_at <= now
-                and self._chore_holder(c.id, now) is None
+                and _holder(self._chore_claims, c.id, now) is None
             ),
             key=lambda c: (c.due_at, c.id),
         )[:limit]
@@ -321,5 +323,4 @@ class MemoryTaskStore:
         return True
 
     async def release_chores(self, owner: str) -> None:
-        for chore_id in [k for k, c in self._chore_claims.items() if c.owner == owner]:
-            del self._chore_claims[chore_id]
+        _let_go_all(self._chore_claims, owner)
