@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import functools
-import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
-import certifi
 import httpx
 
 from ..errors import EndpointUnavailable
+from ..http_transport import http_client
 
 
 class PromptRejected(Exception):
@@ -74,13 +72,6 @@ pool cost 1.9 ms of CPU per request with 64 idle connections, against 0.6 ms wit
 (docs/benchmarks.md); a small pool per endpoint keeps that check short."""
 
 
-@functools.cache
-def _tls() -> ssl.SSLContext:
-    """One TLS context for every endpoint's pool: each context loads the CA bundle again
-    (about 23 ms and 0.7 MB apiece, measured with 50 endpoints)."""
-    return ssl.create_default_context(cafile=certifi.where())
-
-
 class ComfyUIClient:
     """One ComfyUI instance over its own small connection pool. Connection failures and 5xx
     become EndpointUnavailable, which the engine treats as "try elsewhere"."""
@@ -88,14 +79,10 @@ class ComfyUIClient:
     def __init__(self, url: str, *, timeout: float = 30.0) -> None:
         self.url = url
         self.name = endpoint_name(url)
-        self.http = httpx.AsyncClient(
+        # never waits for a connection: the engine already bounds the work per endpoint
+        self.http = http_client(
             timeout=httpx.Timeout(timeout, connect=5.0),
-            # never wait for a connection: the engine already bounds the work per endpoint
-            limits=httpx.Limits(
-                max_connections=None, max_keepalive_connections=KEEPALIVE_PER_ENDPOINT
-            ),
-            trust_env=False,
-            verify=_tls(),
+            max_keepalive_connections=KEEPALIVE_PER_ENDPOINT,
         )
 
     async def aclose(self) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import httpx
 from comfyui_server.core import RequestError
+from comfyui_server.core.http_transport import http_client
 from comfyui_server.core.models import WebhookDelivery, utcnow
 from comfyui_server.core.urls import UrlPolicy
 
@@ -31,12 +32,11 @@ class Sender:
         self.keys = list(keys)
         self.policy = policy
         self.timeout = own.webhook_timeout
-        self.http = httpx.AsyncClient(
+        # per-host semaphores bound the connections; the pool must not add its own wait
+        self.http = http_client(
             timeout=httpx.Timeout(own.webhook_timeout),
-            # per-host semaphores bound the connections; the pool must not add its own wait
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+            max_keepalive_connections=64,
             follow_redirects=False,  # a redirect could point past the URL policy
-            trust_env=False,
         )
 
     async def close(self) -> None:

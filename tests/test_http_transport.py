@@ -1,0 +1,189 @@
+"""httpx on our asyncio network layer (core/http_transport.py), against real local servers:
+answers, streaming with bounded read-ahead, httpx's exceptions for timeouts and refused
+connections, TLS, idle connections the server closed, and the same under uvloop (what
+`comfyui-server serve` runs on)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import ipaddress
+import ssl
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+import uvloop
+from aiohttp import web
+from comfyui_server.core.http_transport import READ_AHEAD, AsyncioNetwork, http_client
+from comfyui_server.core.testing.server import free_port
+
+BIG = 16 * 1024 * 1024
+
+
+async def _routes() -> web.Application:
+    app = web.Application()
+
+    async def echo(request: web.Request) -> web.Response:
+        body = await request.read()
+        return web.json_response({"method": request.method, "size": len(body)})
+
+    async def big(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.content_length = BIG
+        await response.prepare(request)
+        chunk = bytes(range(256)) * 4096  # 1 MiB
+        for _ in range(BIG // len(chunk)):
+            await response.write(chunk)
+        return response
+
+    async def stall(request: web.Request) -> web.Response:
+        await asyncio.sleep(5)
+        return web.Response()
+
+    app.router.add_route("*", "/echo", echo)
+    app.router.add_get("/big", big)
+    app.router.add_get("/stall", stall)
+    return app
+
+
+async def serve(ssl_context: ssl.SSLContext | None = None, **options) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(await _routes(), shutdown_timeout=0.2, **options)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=ssl_context).start()
+    scheme = "https" if ssl_context else "http"
+    return runner, f"{scheme}://127.0.0.1:{port}"
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[str]:
+    runner, url = await serve()
+    yield url
+    await runner.cleanup()
+
+
+def client(timeout: float = 5.0, **options) -> httpx.AsyncClient:
+    return http_client(timeout=httpx.Timeout(timeout), max_keepalive_connections=4, **options)
+
+
+async def test_requests_and_json_bodies_round_trip(server):
+    async with client() as http:
+        for _ in range(3):  # the same keep-alive connection, reused
+            response = await http.post(server + "/echo", json={"x": "y" * 1000})
+            assert response.status_code == 200
+            assert response.json()["size"] == len(b'{"x":"') + 1000 + len(b'"}')
+
+
+async def test_a_large_answer_streams_whole_and_is_not_read_ahead_unbounded(server):
+    async with client() as http, http.stream("GET", server + "/big") as response:
+        received = 0
+        async for chunk in response.aiter_raw():
+            received += len(chunk)
+        assert received == BIG
+    # the layer itself: a reader that does not read leaves the rest in the kernel
+    stream = await AsyncioNetwork().connect_tcp("127.0.0.1", int(server.rsplit(":", 1)[1]))
+    try:
+        await stream.write(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        await asyncio.sleep(0.5)
+        assert 0 < len(stream.sock.buffer) <= READ_AHEAD + 256 * 1024
+        assert stream.sock.reading_paused
+        got = 0
+        while got < BIG:
+            data = await stream.read(64 * 1024, timeout=5)
+            assert data
+            got += len(data)
+    finally:
+        await stream.aclose()
+
+
+async def test_a_silent_server_gives_httpx_read_timeout(server):
+    async with client(timeout=0.3) as http:
+        with pytest.raises(httpx.ReadTimeout):
+            await http.get(server + "/stall")
+
+
+async def test_a_refused_connection_gives_httpx_connect_error():
+    async with client() as http:
+        with pytest.raises(httpx.ConnectError):
+            await http.get(f"http://127.0.0.1:{free_port()}/")
+
+
+async def test_an_idle_connection_the_server_closed_is_replaced(tmp_path):
+    runner, url = await serve(keepalive_timeout=0.1)
+    try:
+        async with client() as http:
+            assert (await http.get(url + "/echo")).status_code == 200
+            await asyncio.sleep(0.4)  # the server has closed the kept connection
+            assert (await http.get(url + "/echo")).status_code == 200
+    finally:
+        await runner.cleanup()
+
+
+def _self_signed(tmp_path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server context, client context that trusts only this certificate)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_side.load_cert_chain(cert_path, key_path)
+    return server_side, ssl.create_default_context(cafile=str(cert_path))
+
+
+async def test_tls_is_verified(tmp_path):
+    server_side, trusting = _self_signed(tmp_path)
+    runner, url = await serve(server_side)
+    try:
+        async with client(ssl_context=trusting) as http:
+            response = await http.post(url + "/echo", content=b"abc")
+            assert response.json() == {"method": "POST", "size": 3}
+        async with client() as http:  # the CA bundle does not know this certificate
+            with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+                await http.get(url + "/echo")
+    finally:
+        await runner.cleanup()
+
+
+def test_the_same_on_uvloop(tmp_path):
+    async def scenario() -> None:
+        runner, url = await serve()
+        try:
+            async with client(timeout=0.3) as http:
+                assert (await http.post(url + "/echo", content=b"xy")).json()["size"] == 2
+                async with http.stream("GET", url + "/big") as response:
+                    assert sum([len(c) async for c in response.aiter_raw()]) == BIG
+                with pytest.raises(httpx.ReadTimeout):
+                    await http.get(url + "/stall")
+        finally:
+            await runner.cleanup()
+
+    uvloop.run(scenario())
