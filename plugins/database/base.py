@@ -29,7 +29,7 @@ UNFINISHED = tuple(s for s in get_args(TaskStatus) if s not in FINAL_STATUSES)
 
 
 class Connection(Protocol):
-    """The slice of asyncpg's Connection we use; the SQLite store adapts aiosqlite to it.
+    """The slice of asyncpg's Connection we use; the SQLite store adapts its threads to it.
     SQL is written once, with PostgreSQL's `$1` placeholders."""
 
     async def fetch(self, sql: str, *args: Any) -> Sequence[Sequence[Any]]: ...
