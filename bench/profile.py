@@ -72,8 +72,14 @@ OWN_CODE = ("core/", "plugins/", "workflows/")
 """Frames of comfyui-server itself (paths relative to the repository)."""
 
 LAYERS = (
-    ("HTTP client (httpx, httpcore, h11, anyio)", ("httpx/", "httpcore/", "h11/", "anyio/")),
-    ("database driver (aiosqlite, asyncpg)", ("aiosqlite/", "asyncpg/", "sqlite3/")),
+    (
+        "HTTP client (httpx, httpcore, h11, anyio, our network layer)",
+        ("httpx/", "httpcore/", "h11/", "anyio/", "core/http_transport.py"),
+    ),
+    (
+        "database driver (sqlite3 and its thread, asyncpg)",
+        ("aiosqlite/", "asyncpg/", "sqlite3/", "plugins/database/sqlite_thread.py"),
+    ),
     ("HTTP server (uvicorn, litestar)", ("uvicorn/protocols/", "litestar/", "httptools")),
     ("websocket client (websockets)", ("websockets/",)),
     ("hooks (pluggy)", ("pluggy/",)),

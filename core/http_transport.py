@@ -117,12 +117,24 @@ def _timeout_as(error: type[Exception], timeout: float | None) -> Iterator[None]
         raise error(f"no progress within {timeout} s") from exc
 
 
+WRITE_COALESCE = 64 * 1024
+"""Bytes of a request held back before they go out; the rest goes when the answer is
+awaited. h11 hands over a request's head and its body separately: one send per POST
+instead of two (0.63 -> 0.61 ms of client CPU per POST, and one wake-up of the receiver
+instead of two; on this 2-core machine a send that wakes the peer measured 25 us of CPU
+but 210-310 us of wall time, the kernel running the peer first)."""
+
+
 class _Stream(httpcore.AsyncNetworkStream):
     def __init__(self, sock: _Socket) -> None:
         self.sock = sock
+        self._unsent: list[bytes] = []
+        self._unsent_size = 0
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         sock = self.sock
+        if self._unsent:  # httpcore reads once the request is written: send it now
+            await self._flush(timeout)
         if not sock.buffer and not sock.ended:
             with _timeout_as(httpcore.ReadTimeout, timeout):
                 async with asyncio.timeout(timeout):
@@ -139,7 +151,19 @@ class _Stream(httpcore.AsyncNetworkStream):
             raise httpcore.WriteError("the connection is closed")
         if not buffer:
             return
-        sock.transport.write(buffer)
+        self._unsent.append(buffer)
+        self._unsent_size += len(buffer)
+        if self._unsent_size >= WRITE_COALESCE:
+            await self._flush(timeout)
+
+    async def _flush(self, timeout: float | None) -> None:
+        sock, unsent = self.sock, self._unsent
+        data = unsent[0] if len(unsent) == 1 else b"".join(unsent)
+        unsent.clear()
+        self._unsent_size = 0
+        if sock.transport is None or sock.transport.is_closing():
+            raise httpcore.WriteError("the connection is closed")
+        sock.transport.write(data)
         if sock.writing_paused:
             with _timeout_as(httpcore.WriteTimeout, timeout):
                 async with asyncio.timeout(timeout):
