@@ -88,14 +88,19 @@ async def test_a_large_answer_streams_whole_and_is_not_read_ahead_unbounded(serv
     stream = await AsyncioNetwork().connect_tcp("127.0.0.1", int(server.rsplit(":", 1)[1]))
     try:
         await stream.write(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        await stream.read(1, timeout=5)  # a read sends the request (writes are coalesced)
         await asyncio.sleep(0.5)
         assert 0 < len(stream.sock.buffer) <= READ_AHEAD + 256 * 1024
         assert stream.sock.reading_paused
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += await stream.read(1, timeout=5)
         got = 0
         while got < BIG:
             data = await stream.read(64 * 1024, timeout=5)
             assert data
             got += len(data)
+        assert got == BIG
     finally:
         await stream.aclose()
 
