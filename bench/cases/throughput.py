@@ -147,8 +147,12 @@ async def run(ctx: Context) -> CaseResult:
         "(DB_POOL_SIZE=10).",
         "What bounds it: the server process runs on one core (one event loop), and every task "
         "costs it three HTTP requests of its own (POST /prompt, GET /view, the webhook) besides "
-        "the one it answers; in the profile (`--profile`) the HTTP client is the largest layer, "
-        "and case g measures what one request costs each client.",
+        "the one it answers; case g measures what one request costs the client. The profile "
+        "(`--profile`) samples the thread holding the GIL in wall time, so it also counts time "
+        "the server was not running: a send that wakes a peer process measured 25 us of CPU "
+        "but 210-310 us of wall time on this 2-core machine (the kernel runs the peer first), "
+        "which is why the network layer's send line stands out there. The CPU figure above is "
+        "the one to compare.",
     ]
     return result
 
