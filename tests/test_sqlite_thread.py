@@ -127,3 +127,6 @@ async def test_an_unopenable_file_raises_at_start(tmp_path):
     )
     with pytest.raises(sqlite3.Error):
         await thread.start()
+    await asyncio.wait_for(thread.close(), 5)  # nothing left to stop, and no hang
+    with pytest.raises(AssertionError, match="not open"):
+        await thread.call(lambda conn: None)

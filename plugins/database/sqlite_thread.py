@@ -76,13 +76,18 @@ class SqliteThread:
             target=self._main, args=(opened,), name="sqlite", daemon=True
         )
         self._thread.start()
-        await opened
+        try:
+            await opened
+        except BaseException:
+            self._thread = None  # it has ended: nothing may be queued for it
+            raise
 
     async def close(self) -> None:
-        if self._thread is None or self._closed is None:
+        if self._closed is None:
             return
-        self._jobs.put(_STOP)
-        self._thread = None
+        if self._thread is not None:
+            self._jobs.put(_STOP)
+            self._thread = None
         await asyncio.shield(self._closed)
 
     async def call(self, unit: Callable[[sqlite3.Connection], T], *, exclusive: bool = False) -> T:
