@@ -252,3 +252,11 @@ def test_a_slow_endpoint_gets_the_share_of_a_batch_that_ends_it_soonest(
         f"split {split} ends after {span(split) / 10} s of runs, the best after {best / 10} s; "
         f"wall clock {wall:.2f} s, {wall / (best / 10):.2f}x the best (for information)"
     )
+
+
+def test_the_websocket_to_comfyui_is_not_compressed(comfyui_emulator, server_factory):
+    """aiohttp (ComfyUI's server) deflates every message of a connection that offered it;
+    the monitor does not offer it, so neither side spends CPU on it."""
+    server_factory([comfyui_emulator])
+    assert comfyui_emulator.client_ids, "the monitor is connected"
+    assert comfyui_emulator.call(lambda: comfyui_emulator.emulator.compressed_client_ids) == []

@@ -1072,6 +1072,13 @@ class ComfyUIEmulator:
         """clientIds that currently receive messages."""
         return list(self._server.sockets) if self._server is not None else []
 
+    @property
+    def compressed_client_ids(self) -> list[str]:
+        """clientIds whose websocket negotiated permessage-deflate (aiohttp, as ComfyUI
+        runs it, deflates every message of such a connection)."""
+        sockets = self._server.sockets if self._server is not None else {}
+        return [client_id for client_id, ws in sockets.items() if ws.compress]
+
     def system_stats(self) -> Json:
         ram_total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         ram_free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
