@@ -1,7 +1,7 @@
-"""httpx on our asyncio network layer (core/http_transport.py), against real local servers:
-answers, streaming with bounded read-ahead, httpx's exceptions for timeouts and refused
-connections, TLS, idle connections the server closed, and the same under uvloop (what
-`comfyui-server serve` runs on)."""
+"""httpx requests on our asyncio network layer (core/http_transport.py), against real local
+servers: answers, streaming with bounded read-ahead, httpx's exceptions for timeouts and
+refused connections, TLS, idle connections the server closed, and the same under uvloop
+(what `comfyui-server serve` runs on)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import httpx
 import pytest
 import uvloop
 from aiohttp import web
-from comfyui_server.core.http_transport import READ_AHEAD, AsyncioNetwork, http_client
+from comfyui_server.core.http_transport import READ_AHEAD, AsyncioNetwork, HttpClient
 from comfyui_server.core.testing.server import free_port
 
 BIG = 16 * 1024 * 1024
@@ -63,18 +63,18 @@ async def server() -> AsyncIterator[str]:
     await runner.cleanup()
 
 
-def client(timeout: float = 5.0, **options) -> httpx.AsyncClient:
-    return http_client(timeout=httpx.Timeout(timeout), max_keepalive_connections=4, **options)
+def client(timeout: float = 5.0, **options) -> HttpClient:
+    return HttpClient(timeout=httpx.Timeout(timeout), max_keepalive_connections=4, **options)
 
 
 async def test_requests_and_json_bodies_round_trip(server):
     async with client() as http:
         for _ in range(3):  # the same keep-alive connection, reused
-            response = await http.post(server + "/echo", json={"x": "y" * 1000})
+            response = await http.request("POST", server + "/echo", json={"x": "y" * 1000})
             assert response.status_code == 200
             assert response.json()["size"] == len(b'{"x":"') + 1000 + len(b'"}')
         # a body past the coalescing size goes out in pieces, and arrives whole
-        response = await http.post(server + "/echo", content=b"z" * 200_000)
+        response = await http.request("POST", server + "/echo", content=b"z" * 200_000)
         assert response.json() == {"method": "POST", "size": 200_000}
 
 
@@ -108,22 +108,22 @@ async def test_a_large_answer_streams_whole_and_is_not_read_ahead_unbounded(serv
 async def test_a_silent_server_gives_httpx_read_timeout(server):
     async with client(timeout=0.3) as http:
         with pytest.raises(httpx.ReadTimeout):
-            await http.get(server + "/stall")
+            await http.request("GET", server + "/stall")
 
 
 async def test_a_refused_connection_gives_httpx_connect_error():
     async with client() as http:
         with pytest.raises(httpx.ConnectError):
-            await http.get(f"http://127.0.0.1:{free_port()}/")
+            await http.request("GET", f"http://127.0.0.1:{free_port()}/")
 
 
 async def test_an_idle_connection_the_server_closed_is_replaced(tmp_path):
     runner, url = await serve(keepalive_timeout=0.1)
     try:
         async with client() as http:
-            assert (await http.get(url + "/echo")).status_code == 200
+            assert (await http.request("GET", url + "/echo")).status_code == 200
             await asyncio.sleep(0.4)  # the server has closed the kept connection
-            assert (await http.get(url + "/echo")).status_code == 200
+            assert (await http.request("GET", url + "/echo")).status_code == 200
     finally:
         await runner.cleanup()
 
@@ -172,11 +172,11 @@ async def test_tls_is_verified(tmp_path):
     runner, url = await serve(server_side)
     try:
         async with client(ssl_context=trusting) as http:
-            response = await http.post(url + "/echo", content=b"abc")
+            response = await http.request("POST", url + "/echo", content=b"abc")
             assert response.json() == {"method": "POST", "size": 3}
         async with client() as http:  # the CA bundle does not know this certificate
             with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
-                await http.get(url + "/echo")
+                await http.request("GET", url + "/echo")
     finally:
         await runner.cleanup()
 
@@ -186,11 +186,13 @@ def test_the_same_on_uvloop(tmp_path):
         runner, url = await serve()
         try:
             async with client(timeout=0.3) as http:
-                assert (await http.post(url + "/echo", content=b"xy")).json()["size"] == 2
+                assert (await http.request("POST", url + "/echo", content=b"xy")).json()[
+                    "size"
+                ] == 2
                 async with http.stream("GET", url + "/big") as response:
                     assert sum([len(c) async for c in response.aiter_raw()]) == BIG
                 with pytest.raises(httpx.ReadTimeout):
-                    await http.get(url + "/stall")
+                    await http.request("GET", url + "/stall")
         finally:
             await runner.cleanup()
 

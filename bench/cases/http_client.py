@@ -13,7 +13,7 @@ import aiohttp
 import httpcore
 import httpx
 from comfyui_server.core.comfyui.client import KEEPALIVE_PER_ENDPOINT
-from comfyui_server.core.http_transport import http_client
+from comfyui_server.core.http_transport import HttpClient
 
 from ..harness import Emulators
 from ..report import CaseResult, Context, Row
@@ -39,15 +39,15 @@ async def run(ctx: Context) -> CaseResult:
     figures: dict[str, float] = {}
     try:
         # as core.comfyui.client configures it: one small pool per endpoint
-        ours = http_client(
+        ours = HttpClient(
             timeout=httpx.Timeout(30.0), max_keepalive_connections=KEEPALIVE_PER_ENDPOINT
         )
         async with ours:
 
             async def with_ours() -> None:
-                (await ours.get(url)).json()
+                (await ours.request("GET", url)).json()
 
-            figures["httpx on our asyncio layer (as used)"] = await per_request(count, with_ours)
+            figures["httpx via our transport (as used)"] = await per_request(count, with_ours)
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=8)
         async with httpx.AsyncClient(limits=limits, trust_env=False) as client:
 
@@ -75,7 +75,8 @@ async def run(ctx: Context) -> CaseResult:
     result.notes.append(
         f"{count} sequential GET {PATH} on one keep-alive connection to an emulator in its "
         "own process, after 50 warm-up requests; CPU time of the bench process only. "
-        "comfyui-server keeps httpx (a fixed part of the stack) and gives httpcore an asyncio "
-        "network layer through its `network_backend` plug-in; the others are for comparison."
+        "comfyui-server keeps httpx (a fixed part of the stack): its requests and responses, "
+        "sent straight to an httpx transport over httpcore with an asyncio network layer (its "
+        "`network_backend` plug-in); the others are for comparison."
     )
     return result

@@ -8,8 +8,9 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import httpx
 
+from .. import __version__
 from ..errors import EndpointUnavailable
-from ..http_transport import http_client
+from ..http_transport import HttpClient
 
 
 class PromptRejected(Exception):
@@ -80,9 +81,10 @@ class ComfyUIClient:
         self.url = url
         self.name = endpoint_name(url)
         # never waits for a connection: the engine already bounds the work per endpoint
-        self.http = http_client(
+        self.http = HttpClient(
             timeout=httpx.Timeout(timeout, connect=5.0),
             max_keepalive_connections=KEEPALIVE_PER_ENDPOINT,
+            headers={"user-agent": f"comfyui-server/{__version__}"},
         )
 
     async def aclose(self) -> None:

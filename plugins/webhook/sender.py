@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import httpx
 from comfyui_server.core import RequestError
-from comfyui_server.core.http_transport import http_client
+from comfyui_server.core.http_transport import HttpClient
 from comfyui_server.core.models import WebhookDelivery, utcnow
 from comfyui_server.core.urls import UrlPolicy
 
@@ -32,11 +32,10 @@ class Sender:
         self.keys = list(keys)
         self.policy = policy
         self.timeout = own.webhook_timeout
-        # per-host semaphores bound the connections; the pool must not add its own wait
-        self.http = http_client(
-            timeout=httpx.Timeout(own.webhook_timeout),
-            max_keepalive_connections=64,
-            follow_redirects=False,  # a redirect could point past the URL policy
+        # per-host semaphores bound the connections; the pool must not add its own wait.
+        # Redirects are never followed (one could point past the URL policy), nor cookies kept.
+        self.http = HttpClient(
+            timeout=httpx.Timeout(own.webhook_timeout), max_keepalive_connections=64
         )
 
     async def close(self) -> None:
