@@ -78,7 +78,7 @@ LAYERS = (
     ),
     (
         "database driver (sqlite3 and its thread, asyncpg)",
-        ("aiosqlite/", "asyncpg/", "sqlite3/", "plugins/database/sqlite_thread.py"),
+        ("asyncpg/", "sqlite3/", "plugins/database/sqlite_thread.py"),
     ),
     ("HTTP server (uvicorn, litestar)", ("uvicorn/protocols/", "litestar/", "httptools")),
     ("websocket client (websockets)", ("websockets/",)),

@@ -1,28 +1,32 @@
-"""httpx clients for the per-task hot path, on a plain asyncio socket layer.
+"""httpx requests over aiohttp's connection pool, for the requests made per task.
 
-httpx runs on httpcore, which by default reaches the socket through anyio: every read and
-write enters an anyio cancel scope and a `fail_after`. For the three requests comfyui-server
-makes per task (POST /prompt, GET /view, the webhook) that layer cost about 0.1 ms of CPU
-per request under uvloop on a 2-core machine (0.72 -> 0.61 ms per GET; bench case g
-measures it in every run), 0.2 ms under plain asyncio. httpcore accepts its
-network layer as a plug-in (`network_backend`), so this module gives it one built on an
-`asyncio.Protocol`, wraps the pool as an httpx transport, and sends httpx requests straight
-to it (`HttpClient`): the API stays httpx's, with its exceptions, timeouts, streaming and
-TLS.
+comfyui-server makes three HTTP requests of its own per task (POST /prompt, GET /view, the
+webhook). Through httpx.AsyncClient on its default transport (httpcore, h11, anyio) one
+small request cost 0.72 ms of client CPU under uvloop on the 2-core bench machine; that was
+the largest part of the server's CPU per task. httpx lets the wire be replaced through its
+transport API, so `AiohttpTransport` sends httpx requests over aiohttp's client (a C HTTP
+parser and a pooled connector; aiohttp is already here, it is the server library ComfyUI
+and our emulator run on), and `HttpClient` sends them straight to that transport, skipping
+AsyncClient's cookie jar, auth, redirect and header-merging layer. Callers keep httpx's
+Request, Response and exceptions. Measured per GET (bench case g): 0.72 ms through
+AsyncClient, 0.27 ms this way, 0.16 ms for aiohttp's own API.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import ssl
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import certifi
-import httpcore
 import httpx
+
+READ_BUFFER = 256 * 1024
+"""aiohttp's read buffer per response (it stops reading at twice this): a large /view
+answer waits in the kernel, not in our memory."""
 
 
 @functools.cache
@@ -32,326 +36,134 @@ def shared_tls() -> ssl.SSLContext:
     return ssl.create_default_context(cafile=certifi.where())
 
 
-READ_AHEAD = 1024 * 1024
-"""Bytes received but not yet read at which the socket stops reading: a large /view
-answer waits in the kernel, not in our memory."""
+def _as_httpx(exc: BaseException, request: httpx.Request) -> httpx.TransportError:
+    """aiohttp's failure as the httpx exception a caller of httpx expects."""
+    message = str(exc) or type(exc).__name__
+    kind: type[httpx.TransportError]
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        kind = httpx.ConnectTimeout
+    elif isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):
+        kind = httpx.ReadTimeout
+    elif isinstance(exc, aiohttp.ClientConnectorError):  # refused, DNS, TLS verification
+        kind = httpx.ConnectError
+    elif isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientResponseError):
+        kind = httpx.RemoteProtocolError
+    elif isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ClientOSError | OSError):
+        kind = httpx.ReadError
+    else:
+        kind = httpx.TransportError
+    return kind(message, request=request)
 
 
-class _Socket(asyncio.Protocol):
-    """Bytes received and not yet read, end of stream, and flow control both ways, for one
-    connection. httpcore reads from one task at a time, so one waiter is enough."""
-
-    def __init__(self) -> None:
-        self.transport: Any = None
-        self.buffer = bytearray()
-        self.ended = False
-        self.error: Exception | None = None
-        self.reading_paused = False
-        self._readable: asyncio.Future[None] | None = None
-        self._writable: asyncio.Future[None] | None = None
-
-    def connection_made(self, transport: Any) -> None:  # uvloop's are not asyncio's classes
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        if len(self.buffer) > READ_AHEAD and self.transport and not self.reading_paused:
-            self.transport.pause_reading()
-            self.reading_paused = True
-        self._wake_reader()
-
-    def take(self, max_bytes: int) -> bytes:
-        if len(self.buffer) <= max_bytes:
-            data = bytes(self.buffer)
-            self.buffer.clear()
-        else:
-            data = bytes(self.buffer[:max_bytes])
-            del self.buffer[:max_bytes]
-        if self.reading_paused and len(self.buffer) < READ_AHEAD // 2 and self.transport:
-            self.reading_paused = False
-            self.transport.resume_reading()
-        return data
-
-    def eof_received(self) -> bool:
-        self.ended = True
-        self._wake_reader()
-        return False  # let the transport close itself
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.ended = True
-        self.error = exc
-        self._wake_reader()
-        self.resume_writing()
-
-    def pause_writing(self) -> None:
-        if self._writable is None:
-            self._writable = asyncio.get_running_loop().create_future()
-
-    def resume_writing(self) -> None:
-        waiter, self._writable = self._writable, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def _wake_reader(self) -> None:
-        waiter, self._readable = self._readable, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def wait_readable(self) -> None:
-        self._readable = asyncio.get_running_loop().create_future()
-        await self._readable
-
-    @property
-    def writing_paused(self) -> bool:
-        return self._writable is not None
-
-    async def wait_writable(self) -> None:
-        if self._writable is not None:  # shielded: a timed-out writer must not cancel it
-            await asyncio.shield(self._writable)
+_FAILURES = (aiohttp.ClientError, OSError, TimeoutError)
 
 
-@contextlib.contextmanager
-def _timeout_as(error: type[Exception], timeout: float | None) -> Iterator[None]:
-    """asyncio's timeout, raised as httpcore's `error` (what httpx maps to its own)."""
-    try:
-        yield
-    except TimeoutError as exc:
-        raise error(f"no progress within {timeout} s") from exc
+class _Body(httpx.AsyncByteStream):
+    """A response body as aiohttp receives it; closing it before the end drops the
+    connection, reading it to the end returns the connection to the pool."""
 
-
-WRITE_COALESCE = 64 * 1024
-"""Bytes of a request held back before they go out; the rest goes when the answer is
-awaited. h11 hands over a request's head and its body separately: one send per POST
-instead of two (0.63 -> 0.61 ms of client CPU per POST, and one wake-up of the receiver
-instead of two; on this 2-core machine a send that wakes the peer measured 25 us of CPU
-but 210-310 us of wall time, the kernel running the peer first)."""
-
-
-class _Stream(httpcore.AsyncNetworkStream):
-    def __init__(self, sock: _Socket) -> None:
-        self.sock = sock
-        self._unsent: list[bytes] = []
-        self._unsent_size = 0
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        sock = self.sock
-        if self._unsent:  # httpcore reads once the request is written: send it now
-            await self._flush(timeout)
-        if not sock.buffer and not sock.ended:
-            with _timeout_as(httpcore.ReadTimeout, timeout):
-                async with asyncio.timeout(timeout):
-                    await sock.wait_readable()
-        if sock.buffer:
-            return sock.take(max_bytes)
-        if sock.error is not None:
-            raise httpcore.ReadError(str(sock.error) or type(sock.error).__name__)
-        return b""  # the peer closed the connection: httpcore's signal for it
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        sock = self.sock
-        if sock.transport is None or sock.transport.is_closing():
-            raise httpcore.WriteError("the connection is closed")
-        if not buffer:
-            return
-        self._unsent.append(buffer)
-        self._unsent_size += len(buffer)
-        if self._unsent_size >= WRITE_COALESCE:
-            await self._flush(timeout)
-
-    async def _flush(self, timeout: float | None) -> None:
-        sock, unsent = self.sock, self._unsent
-        data = unsent[0] if len(unsent) == 1 else b"".join(unsent)
-        unsent.clear()
-        self._unsent_size = 0
-        if sock.transport is None or sock.transport.is_closing():
-            raise httpcore.WriteError("the connection is closed")
-        sock.transport.write(data)
-        if sock.writing_paused:
-            with _timeout_as(httpcore.WriteTimeout, timeout):
-                async with asyncio.timeout(timeout):
-                    await sock.wait_writable()
-
-    async def aclose(self) -> None:
-        if self.sock.transport is not None:
-            self.sock.transport.close()
-
-    async def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        loop = asyncio.get_running_loop()
-        assert self.sock.transport is not None
-        try:
-            with _timeout_as(httpcore.ConnectTimeout, timeout):
-                async with asyncio.timeout(timeout):
-                    transport = await loop.start_tls(
-                        self.sock.transport,
-                        self.sock,
-                        ssl_context,
-                        server_hostname=server_hostname,
-                    )
-        except OSError as exc:  # ssl.SSLError is one
-            self.sock.transport.close()
-            raise httpcore.ConnectError(str(exc)) from exc
-        self.sock.transport = transport
-        return self
-
-    def get_extra_info(self, info: str) -> Any:
-        transport = self.sock.transport
-        if info == "is_readable":  # httpcore's check that an idle connection is still good
-            return bool(self.sock.buffer) or self.sock.ended
-        if transport is None:
-            return None
-        names = {"client_addr": "sockname", "server_addr": "peername"}
-        return transport.get_extra_info(names.get(info, info))
-
-
-class AsyncioNetwork(httpcore.AsyncNetworkBackend):
-    """httpcore's network layer on asyncio's own transports."""
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        loop = asyncio.get_running_loop()
-        sock = _Socket()
-        try:
-            with _timeout_as(httpcore.ConnectTimeout, timeout):
-                async with asyncio.timeout(timeout):
-                    await loop.create_connection(
-                        lambda: sock,
-                        host,
-                        port,
-                        local_addr=(local_address, 0) if local_address else None,
-                    )
-        except OSError as exc:
-            raise httpcore.ConnectError(str(exc)) from exc
-        raw = sock.transport.get_extra_info("socket") if sock.transport else None
-        for option in socket_options or ():
-            if raw is not None:
-                raw.setsockopt(*option)
-        return _Stream(sock)
-
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        loop = asyncio.get_running_loop()
-        sock = _Socket()
-        try:
-            with _timeout_as(httpcore.ConnectTimeout, timeout):
-                async with asyncio.timeout(timeout):
-                    await loop.create_unix_connection(lambda: sock, path)
-        except OSError as exc:
-            raise httpcore.ConnectError(str(exc)) from exc
-        return _Stream(sock)
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
-
-
-@contextlib.contextmanager
-def _as_httpx_errors() -> Iterator[None]:
-    """httpcore's exceptions as httpx's of the same name, as httpx's own transport does."""
-    try:
-        yield
-    except (
-        httpcore.TimeoutException,
-        httpcore.NetworkError,
-        httpcore.ProtocolError,
-        httpcore.UnsupportedProtocol,
-        httpcore.ProxyError,
-    ) as exc:
-        mapped = getattr(httpx, type(exc).__name__, httpx.TransportError)
-        raise mapped(str(exc)) from exc
-
-
-class _ResponseStream(httpx.AsyncByteStream):
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
+    def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request) -> None:
+        self.response = response
+        self.request = request
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        with _as_httpx_errors():
-            async for part in self.inner:
-                yield part
+        try:
+            async for chunk in self.response.content.iter_any():
+                yield chunk
+        except _FAILURES as exc:
+            raise _as_httpx(exc, self.request) from exc
 
     async def aclose(self) -> None:
-        with _as_httpx_errors():
-            await self.inner.aclose()
+        self.response.release()
 
 
-class AsyncioTransport(httpx.AsyncBaseTransport):
-    """An httpx transport: one httpcore connection pool on `AsyncioNetwork`."""
+@functools.lru_cache(maxsize=64)
+def _timeout(connect: float | None, read: float | None) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=read)
+
+
+class AiohttpTransport(httpx.AsyncBaseTransport):
+    """An httpx transport on one aiohttp connector: unlimited connections (callers bound
+    their work), idle ones kept `keepalive_expiry` seconds; no redirects followed, no
+    cookies kept, no proxy or netrc read from the environment, nothing decompressed
+    (httpx decodes what it reads). Request bodies are read whole before sending: ours are
+    prompts, webhook payloads and images bounded by MAX_IMAGE_BYTES."""
 
     def __init__(
-        self,
-        *,
-        ssl_context: ssl.SSLContext | None = None,
-        max_connections: int | None = None,
-        max_keepalive_connections: int | None = None,
-        keepalive_expiry: float | None = 5.0,
+        self, *, ssl_context: ssl.SSLContext | None = None, keepalive_expiry: float = 5.0
     ) -> None:
-        self.pool = httpcore.AsyncConnectionPool(
-            ssl_context=ssl_context or shared_tls(),
-            max_connections=max_connections,
-            max_keepalive_connections=max_keepalive_connections,
-            keepalive_expiry=keepalive_expiry,
-            network_backend=AsyncioNetwork(),
-        )
+        self.ssl_context = ssl_context or shared_tls()
+        self.keepalive_expiry = keepalive_expiry
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        """Made at the first request: aiohttp binds a session to the running loop."""
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=0,
+                limit_per_host=0,
+                keepalive_timeout=self.keepalive_expiry,
+                ssl=self.ssl_context,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                auto_decompress=False,
+                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
+                read_bufsize=READ_BUFFER,
+                trust_env=False,
+            )
+        return self._session
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        assert isinstance(request.stream, httpx.AsyncByteStream)
-        url = request.url
-        core_request = httpcore.Request(
-            method=request.method,
-            url=httpcore.URL(
-                scheme=url.raw_scheme, host=url.raw_host, port=url.port, target=url.raw_path
-            ),
-            headers=request.headers.raw,
-            content=request.stream,
-            extensions=request.extensions,
-        )
-        with _as_httpx_errors():
-            response = await self.pool.handle_async_request(core_request)
+        session = self._open()
+        timeouts = request.extensions.get("timeout", {})
+        headers = [
+            (name, value)
+            for name, value in request.headers.multi_items()
+            if name not in ("host", "content-length")  # aiohttp writes both itself
+        ]
+        body = await request.aread()
+        try:
+            response = await session.request(
+                request.method,
+                str(request.url),
+                data=body or None,
+                headers=headers,
+                allow_redirects=False,
+                timeout=_timeout(timeouts.get("connect"), timeouts.get("read")),
+            )
+        except _FAILURES as exc:
+            raise _as_httpx(exc, request) from exc
         return httpx.Response(
             status_code=response.status,
-            headers=response.headers,
-            stream=_ResponseStream(response.stream),
-            extensions=response.extensions,
+            headers=list(response.raw_headers),
+            stream=_Body(response, request),
+            extensions={"reason_phrase": (response.reason or "").encode()},
         )
 
     async def aclose(self) -> None:
-        await self.pool.aclose()
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
 
 
 class HttpClient:
-    """httpx.Request in, httpx.Response out, straight through an `AsyncioTransport`.
+    """httpx.Request in, httpx.Response out, straight through an `AiohttpTransport`.
 
     httpx.AsyncClient's own layer (merging base URL, headers and cookies, the cookie jar,
-    auth, redirects, event hooks) cost 0.12 ms of CPU per request (0.61 -> 0.49 ms per GET
-    under uvloop) and does nothing here: ComfyUI sets no cookies, and webhook receivers'
-    cookies and redirects must not be followed anyway. Connections are not limited here
-    (callers bound their work); proxies and netrc from the environment are not read."""
+    auth, redirects, event hooks) cost 0.12 ms of CPU per request and does nothing here:
+    ComfyUI sets no cookies, and webhook receivers' cookies and redirects must not be
+    followed anyway."""
 
     def __init__(
         self,
         *,
         timeout: httpx.Timeout,
-        max_keepalive_connections: int,
         headers: dict[str, str] | None = None,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        self.transport = AsyncioTransport(
-            ssl_context=ssl_context, max_keepalive_connections=max_keepalive_connections
-        )
+        self.transport = AiohttpTransport(ssl_context=ssl_context)
         self._extensions = {"timeout": timeout.as_dict()}
         self._headers = headers or {}
 

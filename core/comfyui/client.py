@@ -66,16 +66,10 @@ def endpoint_name(url: str) -> str:
     return urlsplit(url).netloc
 
 
-KEEPALIVE_PER_ENDPOINT = 8
-"""Idle connections kept per endpoint: enough for its prompts, history reads, views and
-uploads at once. httpx checks every pooled connection on each request, so one big shared
-pool cost 1.9 ms of CPU per request with 64 idle connections, against 0.6 ms with 4
-(docs/benchmarks.md); a small pool per endpoint keeps that check short."""
-
-
 class ComfyUIClient:
-    """One ComfyUI instance over its own small connection pool. Connection failures and 5xx
-    become EndpointUnavailable, which the engine treats as "try elsewhere"."""
+    """One ComfyUI instance over its own connection pool (closed with the endpoint).
+    Connection failures and 5xx become EndpointUnavailable, which the engine treats as
+    "try elsewhere"."""
 
     def __init__(self, url: str, *, timeout: float = 30.0) -> None:
         self.url = url
@@ -83,7 +77,6 @@ class ComfyUIClient:
         # never waits for a connection: the engine already bounds the work per endpoint
         self.http = HttpClient(
             timeout=httpx.Timeout(timeout, connect=5.0),
-            max_keepalive_connections=KEEPALIVE_PER_ENDPOINT,
             headers={"user-agent": f"comfyui-server/{__version__}"},
         )
 

@@ -34,9 +34,7 @@ class Sender:
         self.timeout = own.webhook_timeout
         # per-host semaphores bound the connections; the pool must not add its own wait.
         # Redirects are never followed (one could point past the URL policy), nor cookies kept.
-        self.http = HttpClient(
-            timeout=httpx.Timeout(own.webhook_timeout), max_keepalive_connections=64
-        )
+        self.http = HttpClient(timeout=httpx.Timeout(own.webhook_timeout))
 
     async def close(self) -> None:
         await self.http.aclose()
