@@ -119,15 +119,17 @@ class RateLimited(RequestError):
         )
 
 
-def authenticate(connection: ASGIConnection, _: BaseRouteHandler) -> None:
-    """Guard for every API route: who is calling, and are they within their rate."""
+async def authenticate(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    """Guard for every API route: who is calling, and are they within their rate. Guards
+    are coroutines: Litestar runs a plain function guard in a worker thread, which cost a
+    thread hop per request and let two requests update the rate buckets at once."""
     keyring: Keyring = connection.app.state.keyring
     key = keyring.identify(connection.headers.get("authorization"))
     keyring.take(key)
     connection.state.api_key = key
 
 
-def require_admin(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+async def require_admin(connection: ASGIConnection, _: BaseRouteHandler) -> None:
     """Guard for fleet and plugin management: admin keys only (anyone when open)."""
     keyring: Keyring = connection.app.state.keyring
     if keyring.open:

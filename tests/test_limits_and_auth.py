@@ -70,3 +70,23 @@ def test_oversized_body_is_413(comfyui_emulator, server_factory):
     response = httpx.post(server.api, json={**BODY, "params": {"x": "y" * 5000}})
     assert response.status_code == 413
     assert response.json()["status_code"] == 413
+
+
+def test_no_guard_runs_in_a_worker_thread(tmp_path):
+    """Litestar runs a plain-function guard in a thread pool: a thread hop per request, and
+    rate buckets updated from two threads at once. Every guard of every route (plugins'
+    included) is a coroutine function."""
+    import inspect
+
+    from comfyui_server.core.app import create_app
+    from comfyui_server.core.config import get_settings
+
+    app = create_app(get_settings({"DATA_DIR": str(tmp_path)}, env_file=None))
+    guards = {
+        guard
+        for route in app.routes
+        for handler in getattr(route, "route_handlers", ())
+        for guard in handler.resolve_guards()
+    }
+    assert guards, "the API has guards"
+    assert [g for g in guards if not inspect.iscoroutinefunction(g)] == []

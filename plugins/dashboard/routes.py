@@ -72,7 +72,7 @@ def same_origin(connection: ASGIConnection) -> bool:
     return True
 
 
-def dashboard_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+async def dashboard_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
     if connection.scope["method"] not in ("GET", "HEAD") and not same_origin(connection):
         raise CrossSiteRequest
     viewer = current_viewer(connection)
