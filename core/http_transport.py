@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 import certifi
 import httpx
+import msgspec
 
 READ_BUFFER = 256 * 1024
 """aiohttp's read buffer per response (it stops reading at twice this): a large /view
@@ -75,6 +76,13 @@ class _Body(httpx.AsyncByteStream):
 
     async def aclose(self) -> None:
         self.response.release()
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed(url: str) -> httpx.URL:
+    """httpx parses a URL string on every request (15 us); the same few URLs (an
+    endpoint's /prompt, a client's callback) come back for every task."""
+    return httpx.URL(url)
 
 
 @functools.lru_cache(maxsize=64)
@@ -169,7 +177,12 @@ class HttpClient:
 
     def _build(self, method: str, url: str, headers: dict[str, str] | None, **options: Any):
         merged = {**self._headers, **headers} if headers else self._headers
-        return httpx.Request(method, url, headers=merged, extensions=self._extensions, **options)
+        if "json" in options:  # msgspec: a 14-node prompt encoded in a fifth of the time
+            options["content"] = msgspec.json.encode(options.pop("json"))
+            merged = {**merged, "content-type": "application/json"}
+        return httpx.Request(
+            method, _parsed(url), headers=merged, extensions=self._extensions, **options
+        )
 
     async def _send(self, request: httpx.Request) -> httpx.Response:
         response = await self.transport.handle_async_request(request)
