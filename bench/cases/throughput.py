@@ -160,7 +160,7 @@ async def run(ctx: Context) -> CaseResult:
         "(`--profile`) samples the thread holding the GIL in wall time, so it also counts time "
         "the server was not running: a send that wakes a peer process measured 25 us of CPU "
         "but 210-310 us of wall time on this 2-core machine (the kernel runs the peer first), "
-        "which is why the network layer's send line stands out there. The CPU figure above is "
+        "which is why the HTTP client's socket writes stand out there. The CPU figure above is "
         "the one to compare.",
     ]
     return result
