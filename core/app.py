@@ -100,23 +100,24 @@ def create_app(
         await store.open()
         # for image URLs and plugins; each ComfyUI endpoint has its own pool (client.py)
         http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0), trust_env=False)
-        started = False
+        started: list[str] = []
         engine: Engine | None = None
         try:
             # the engine exists before plugins start, so they can reach it (app.state.engine),
             # and runs only after they have started
             engine = Engine(pm, settings, store, workflows, http, monitor_options=monitor_options)
             app.state.engine = engine
-            await call_all(pm.hook.startup, app=app, settings=settings)
-            started = True
+            await call_all(pm.hook.startup, done=started, app=app, settings=settings)
             await engine.start()
             try:
                 yield
             finally:
                 await engine.stop()
         finally:
-            if started:
-                await call_all(pm.hook.shutdown, isolate=True, reverse=True, app=app)
+            # when a plugin failed to start, those that had started are stopped (and their
+            # background work with them); it and the ones after it are not
+            not_started = {i.plugin_name for i in pm.hook.startup.get_hookimpls()} - set(started)
+            await call_all(pm.hook.shutdown, isolate=True, reverse=True, skip=not_started, app=app)
             if engine is not None:  # also when a plugin or the engine failed to start
                 await engine.close()
             await http.aclose()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
 from pluggy import HookCaller, HookImpl
@@ -38,18 +38,29 @@ async def call_first(hook: HookCaller, /, **kwargs: Any) -> Any:
 
 
 async def call_all(
-    hook: HookCaller, /, *, isolate: bool = False, reverse: bool = False, **kwargs: Any
+    hook: HookCaller,
+    /,
+    *,
+    isolate: bool = False,
+    reverse: bool = False,
+    skip: Collection[str] = (),
+    done: list[str] | None = None,
+    **kwargs: Any,
 ) -> list[Any]:
     """Every non-None result, one implementation at a time.
 
     ``isolate=True`` logs an implementation's error with its plugin's name and goes on, so
-    one broken listener cannot lose a task or silence the others.
+    one broken listener cannot lose a task or silence the others. Plugins named in `skip`
+    are not called; the names of those that returned are appended to `done` (start-up
+    uses both, so a failed start stops exactly the plugins that had started).
     """
     impls = list(in_call_order(hook))
     if reverse:
         impls.reverse()
     results = []
     for impl in impls:
+        if impl.plugin_name in skip:
+            continue
         try:
             result = await _call(impl, kwargs)
         except Exception:
@@ -57,6 +68,8 @@ async def call_all(
                 raise
             log.exception("plugin %r failed in hook %s", impl.plugin_name, hook.name)
             continue
+        if done is not None:
+            done.append(impl.plugin_name)
         if result is not None:
             results.append(result)
     return results

@@ -75,3 +75,50 @@ async def test_call_all_without_isolate_raises():
     pm = manager(Recorder(), Broken())
     with pytest.raises(RuntimeError, match="boom"):
         await call_all(pm.hook.on_result, task="t", result="r")
+
+
+async def test_call_all_skips_and_reports_who_returned():
+    first, second = Recorder(), Recorder()
+    pm = manager(first, Broken(), second)  # called p2, p1 (raises), p0
+    done: list[str] = []
+    await call_all(pm.hook.on_result, isolate=True, done=done, task="t", result="r")
+    assert done == ["p2", "p0"]
+    await call_all(pm.hook.on_result, isolate=True, skip={"p2", "p1"}, task="u", result="r")
+    assert first.calls == [("t", "r"), ("u", "r")]
+    assert second.calls == [("t", "r")]
+
+
+class Lifecycle:
+    """Records its plugin's startup and shutdown; `fail` makes its startup raise."""
+
+    def __init__(self, log: list[str], name: str, *, fail: bool = False) -> None:
+        self.log, self.name, self.fail = log, name, fail
+
+    @hookimpl
+    def startup(self, app, settings):
+        self.log.append(f"start {self.name}")
+        if self.fail:
+            raise RuntimeError(f"{self.name} cannot start")
+
+    @hookimpl
+    def shutdown(self, app):
+        self.log.append(f"stop {self.name}")
+
+
+async def test_a_failed_start_stops_exactly_the_plugins_that_had_started(tmp_path):
+    from comfyui_server.core.app import create_app
+    from comfyui_server.core.config import get_settings
+    from litestar.testing import AsyncTestClient
+
+    log: list[str] = []
+    pm = create_plugin_manager(load_entrypoints=False, validate=False)
+    # pluggy calls the last registered first: started, then broken, then never
+    pm.register(Lifecycle(log, "never"), name="never")
+    pm.register(Lifecycle(log, "broken", fail=True), name="broken")
+    pm.register(Lifecycle(log, "started"), name="started")
+    app = create_app(get_settings({"DATA_DIR": str(tmp_path)}, env_file=None), pm)
+    with pytest.raises(BaseException) as failed:  # the test client wraps it in a group
+        async with AsyncTestClient(app):
+            pass
+    assert "broken cannot start" in repr(failed.value.exceptions)
+    assert log == ["start started", "start broken", "stop started"]
