@@ -99,7 +99,8 @@ def startup(app: Litestar, settings: Settings) -> None:
 @hookspec
 def shutdown(app: Litestar) -> None:
     """Release what ``startup`` opened. All implementations, in reverse call order; an error
-    is logged and the others still run."""
+    is logged and the others still run. When a plugin's ``startup`` raised, the plugins
+    whose ``startup`` had returned are shut down; it and those after it are not."""
 
 
 # --------------------------------------------------------------------------------------------
