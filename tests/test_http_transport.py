@@ -87,7 +87,7 @@ async def test_requests_and_json_bodies_round_trip(server):
             response = await http.request("POST", server + "/echo", json={"x": "y" * 1000})
             assert response.status_code == 200
             assert response.json()["size"] == len(b'{"x":"') + 1000 + len(b'"}')
-        # a body past the coalescing size goes out in pieces, and arrives whole
+        # a larger body arrives whole
         response = await http.request("POST", server + "/echo", content=b"z" * 200_000)
         assert response.json() == {"method": "POST", "size": 200_000}
 
