@@ -174,6 +174,41 @@ class Artifact(msgspec.Struct, frozen=True, kw_only=True):
         return f"{self.subfolder}/{self.filename}" if self.subfolder else self.filename
 
 
+class SizedStream:
+    """An output's bytes as a store wants them: whole, when they fit in `small` bytes (one
+    buffer, one write or one PUT), else as a stream that starts with what was read to find
+    out. `size` counts every byte handed on either way.
+
+        stream = SizedStream(artifact.chunks(), small=1024 * 1024)
+        whole = await stream.whole()
+        if whole is None:
+            ... upload stream.chunks() ...  # never more than `small` held at once
+    """
+
+    def __init__(self, chunks: AsyncIterator[bytes], small: int) -> None:
+        self._chunks = chunks
+        self._small = small
+        self._head = bytearray()
+        self.size = 0
+
+    async def whole(self) -> bytearray | None:
+        """All the bytes if there are at most `small` of them; None otherwise."""
+        async for chunk in self._chunks:
+            self._head += chunk
+            if len(self._head) > self._small:
+                self.size = len(self._head)
+                return None
+        self.size = len(self._head)
+        return self._head
+
+    async def chunks(self) -> AsyncIterator[bytes | bytearray]:
+        """Every byte after a `whole()` that said None: what it read, then the rest."""
+        yield self._head
+        async for chunk in self._chunks:
+            self.size += len(chunk)
+            yield chunk
+
+
 class StoredOutput(msgspec.Struct, frozen=True, kw_only=True):
     """Where `store` put an artifact."""
 

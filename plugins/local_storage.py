@@ -3,7 +3,6 @@ back by a route of ours (LocalStore cannot presign)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -14,6 +13,7 @@ from comfyui_server.core import (
     OutputRef,
     RequestError,
     Settings,
+    SizedStream,
     StoredOutput,
     Task,
     hookimpl,
@@ -71,26 +71,13 @@ async def store(artifact: Artifact, task: Task) -> StoredOutput | None:
     if _state.store is None:
         return None
     key = output_key(task, artifact)
-    chunks = artifact.chunks()
-    head = bytearray()
-    async for chunk in chunks:
-        head += chunk
-        if len(head) > SMALL_FILE:
-            break
+    stream = SizedStream(artifact.chunks(), small=SMALL_FILE)
+    whole = await stream.whole()
+    if whole is not None:
+        await obstore.put_async(_state.store, key, whole)
     else:
-        await obstore.put_async(_state.store, key, head)
-        return StoredOutput(key=key, size=len(head), storage=STORAGE)
-    size = len(head)
-
-    async def rest() -> AsyncIterator[bytes | bytearray]:
-        nonlocal size
-        yield head
-        async for chunk in chunks:
-            size += len(chunk)
-            yield chunk
-
-    await obstore.put_async(_state.store, key, rest(), max_concurrency=2)
-    return StoredOutput(key=key, size=size, storage=STORAGE)
+        await obstore.put_async(_state.store, key, stream.chunks(), max_concurrency=2)
+    return StoredOutput(key=key, size=stream.size, storage=STORAGE)
 
 
 @hookimpl

@@ -25,6 +25,7 @@ from comfyui_server.core import (
     ConfigError,
     OutputRef,
     Settings,
+    SizedStream,
     StoredOutput,
     Task,
     hookimpl,
@@ -215,36 +216,23 @@ class Bucket:
         part goes up in a single PUT (one request, not three), a larger one in parts."""
         attributes = {"Content-Type": content_type}
         part_size = self.settings.s3_multipart_chunk
-        head = bytearray()
-        async for chunk in chunks:
-            head += chunk
-            if len(head) > part_size:
-                break
+        stream = SizedStream(chunks, small=part_size)
+        whole = await stream.whole()
+        if whole is not None:
+            await obstore.put_async(
+                self.store, key, whole, attributes=attributes, use_multipart=False
+            )
         else:
             await obstore.put_async(
-                self.store, key, head, attributes=attributes, use_multipart=False
+                self.store,
+                key,
+                stream.chunks(),
+                attributes=attributes,
+                use_multipart=True,
+                chunk_size=part_size,
+                max_concurrency=self.settings.s3_max_concurrency,
             )
-            return len(head)
-
-        size = len(head)
-
-        async def rest() -> AsyncIterator[bytes | bytearray]:
-            nonlocal size
-            yield head
-            async for chunk in chunks:
-                size += len(chunk)
-                yield chunk
-
-        await obstore.put_async(
-            self.store,
-            key,
-            rest(),
-            attributes=attributes,
-            use_multipart=True,
-            chunk_size=part_size,
-            max_concurrency=self.settings.s3_max_concurrency,
-        )
-        return size
+        return stream.size
 
     async def check(self) -> None:
         """List one page under the prefix: fails when the bucket is missing, unreachable
