@@ -3,33 +3,13 @@ one buffer, large ones streamed, and both land byte for byte under the task's fo
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator
 
 import pytest
-from comfyui_server.core import Artifact, Task
+from comfyui_server.core import Task
 from comfyui_server.core.config import get_settings
 from comfyui_server.plugins import local_storage
-
-
-def artifact(
-    filename: str,
-    chunks: Sequence[bytes] = (),
-    subfolder: str = "",
-    stream: Callable[[], AsyncIterator[bytes]] | None = None,
-) -> Artifact:
-    async def from_chunks() -> AsyncIterator[bytes]:
-        for chunk in chunks:
-            yield chunk
-
-    return Artifact(
-        filename=filename,
-        subfolder=subfolder,
-        type="output",
-        node_id="9",
-        content_type="application/octet-stream",
-        endpoint="127.0.0.1:8188",
-        open=stream or from_chunks,
-    )
+from fixtures_storage import artifact
 
 
 async def test_small_and_large_outputs_land_whole(tmp_path):
@@ -39,8 +19,8 @@ async def test_small_and_large_outputs_land_whole(tmp_path):
     small = [b"\x89PNG", b"-" * 1000]
     large = [bytes([i]) * 300_000 for i in range(10)]  # 3 MB: past the one-buffer size
 
-    stored_small = await local_storage.store(artifact=artifact("s.png", small), task=task)
-    stored_large = await local_storage.store(artifact=artifact("l.mp4", large, "v"), task=task)
+    stored_small = await local_storage.store(artifact=artifact("s.png", data=small), task=task)
+    stored_large = await local_storage.store(artifact=artifact("l.mp4", "v", large), task=task)
 
     assert (stored_small.key, stored_small.size) == ("7/s.png", 1004)
     assert (stored_large.key, stored_large.size) == ("7/v/l.mp4", 3_000_000)

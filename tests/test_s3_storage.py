@@ -3,42 +3,19 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from comfyui_server.core import Artifact, ConfigError, OutputRef, Task
+from comfyui_server.core import ConfigError, OutputRef, Task
 from comfyui_server.core.config import get_settings
 from comfyui_server.plugins import s3_storage
 from fixtures_app import wait_final, wait_until
+from fixtures_storage import artifact
 
 BATCH = {"batch_size": 3, "width": 8, "height": 8}
-
-
-def artifact(
-    filename: str,
-    subfolder: str = "",
-    data: Iterable[bytes] = (),
-    stream: Callable[[], AsyncIterator[bytes]] | None = None,
-) -> Artifact:
-    """An output whose bytes are `data`, or whatever `stream()` yields."""
-    chunks = list(data)
-
-    async def from_data() -> AsyncIterator[bytes]:
-        for chunk in chunks:
-            yield chunk
-
-    return Artifact(
-        filename=filename,
-        subfolder=subfolder,
-        type="output",
-        node_id="9",
-        content_type="application/octet-stream",
-        endpoint="127.0.0.1:8188",
-        open=stream or from_data,
-    )
 
 
 @pytest.fixture
