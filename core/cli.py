@@ -7,11 +7,13 @@ group is being built, so `--disable` is read from argv before click parses it (a
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import logging
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import click
@@ -264,12 +266,12 @@ def serve(obj: Context, host: str | None, port: int | None) -> None:
             service_host=host or settings.service_host,
             service_port=port or settings.service_port,
         )
-    configure_logging(settings.log_level, settings.log_format)
+    log_writer = configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings, obj.pm)
     logging.getLogger("comfyui_server").info(
         "comfyui-server on %s (API under %s)", settings.base_url, settings.route_prefix
     )
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.service_host,
         port=settings.service_port,
@@ -277,6 +279,27 @@ def serve(obj: Context, host: str | None, port: int | None) -> None:
         access_log=False,
         log_config=None,
     )
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # uvicorn ends a signalled shutdown by raising the signal again, which ends the
+            # process without atexit: the log lines still queued are written first
+            with super().capture_signals():
+                try:
+                    yield
+                finally:
+                    log_writer.close()
+
+    # What exists now (imported modules, plugins, workflows) lives as long as the process:
+    # kept out of the garbage collector's full passes, which otherwise walk all of it.
+    gc.collect()
+    gc.freeze()
+    server = Server(config)
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises a Ctrl-C it handled
+        server.run()
+    if not server.started:
+        sys.exit(3)  # uvicorn.run's code for a failed start-up
 
 
 @cli.command()
