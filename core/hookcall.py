@@ -45,14 +45,16 @@ async def call_all(
     reverse: bool = False,
     skip: Collection[str] = (),
     done: list[str] | None = None,
+    failed: list[str] | None = None,
     **kwargs: Any,
 ) -> list[Any]:
     """Every non-None result, one implementation at a time.
 
     ``isolate=True`` logs an implementation's error with its plugin's name and goes on, so
-    one broken listener cannot lose a task or silence the others. Plugins named in `skip`
-    are not called; the names of those that returned are appended to `done` (start-up
-    uses both, so a failed start stops exactly the plugins that had started).
+    one broken listener cannot lose a task or silence the others; the names of those that
+    raised are appended to `failed`. Plugins named in `skip` are not called; the names of
+    those that returned are appended to `done` (start-up uses both, so a failed start stops
+    exactly the plugins that had started).
     """
     impls = list(in_call_order(hook))
     if reverse:
@@ -67,6 +69,8 @@ async def call_all(
             if not isolate:
                 raise
             log.exception("plugin %r failed in hook %s", impl.plugin_name, hook.name)
+            if failed is not None:
+                failed.append(impl.plugin_name)
             continue
         if done is not None:
             done.append(impl.plugin_name)

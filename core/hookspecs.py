@@ -178,4 +178,7 @@ def on_result(task: Task, result: TaskResult) -> None:
 def notify(task: Task, result: TaskResult) -> None:
     """Tell the client the task ended; runs after ``on_result``. All implementations, each
     isolated. Must not hold the engine up: hand long deliveries to a background task.
+    Raise when the message could not even be handed on (its record could not be written):
+    the end then counts as not announced, and ``on_result`` and ``notify`` run once more
+    with ``result.replayed`` set, after REPLICA_TIMEOUT; skip a replay you already handled.
     Built-in: ``webhook``."""

@@ -77,12 +77,14 @@ async def test_call_all_without_isolate_raises():
         await call_all(pm.hook.on_result, task="t", result="r")
 
 
-async def test_call_all_skips_and_reports_who_returned():
+async def test_call_all_skips_and_reports_who_returned_and_who_failed():
     first, second = Recorder(), Recorder()
     pm = manager(first, Broken(), second)  # called p2, p1 (raises), p0
     done: list[str] = []
-    await call_all(pm.hook.on_result, isolate=True, done=done, task="t", result="r")
+    failed: list[str] = []
+    await call_all(pm.hook.on_result, isolate=True, done=done, failed=failed, task="t", result="r")
     assert done == ["p2", "p0"]
+    assert failed == ["p1"]
     await call_all(pm.hook.on_result, isolate=True, skip={"p2", "p1"}, task="u", result="r")
     assert first.calls == [("t", "r"), ("u", "r")]
     assert second.calls == [("t", "r")]

@@ -5,6 +5,7 @@ redeliver route."""
 from __future__ import annotations
 
 import itertools
+import sqlite3
 import time
 
 import httpx
@@ -246,3 +247,38 @@ def test_redeliver_needs_the_tasks_own_key(comfyui_emulator, server_factory, rec
     assert httpx.post(url, headers={"authorization": f"Bearer {bob}"}).status_code == 404
     assert httpx.post(url, headers=as_alice).status_code == 202
     receiver.wait_for(2)
+
+
+def test_a_delivery_the_database_refused_is_sent_when_the_end_is_announced_again(
+    comfyui_emulator, server_factory, receiver_factory, tmp_path, caplog
+):
+    """The webhook plugin could not record the delivery (the real SQLite file refuses the
+    insert, through a trigger): the end is not marked announced, so the replica loop
+    announces it again after REPLICA_TIMEOUT and the client still hears of it, once."""
+    receiver = receiver_factory()
+    server = server_factory([comfyui_emulator], env={"REPLICA_TIMEOUT": "2"})
+    database = sqlite3.connect(tmp_path / "data0" / "comfyui-server.sqlite3")
+    database.execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON comfyui_webhook_delivery "
+        "BEGIN SELECT RAISE(ABORT, 'the disk is full'); END"
+    )
+    database.commit()
+    try:
+        task = submit(server, client_callback_url=receiver.url)
+        assert wait_final(server.api, task["id"])["status"] == "completed"
+        wait_until(lambda: "its end will be announced again" in caplog.text)
+        assert receiver.deliveries == []
+    finally:
+        database.execute("DROP TRIGGER refuse")
+        database.commit()
+        database.close()
+    (delivery,) = receiver.wait_for(1, timeout=15)
+    body = delivery.json()
+    assert (body["id"], body["event"], body["status"]) == (
+        task["id"],
+        "task.completed",
+        "completed",
+    )
+    time.sleep(1.5)  # another turn of the replica loop announces nothing more
+    assert len(receiver.deliveries) == 1
+    assert "given up" not in caplog.text

@@ -666,9 +666,25 @@ class Engine:
         return task
 
     async def _announce(self, task: Task, result: TaskResult) -> None:
+        """Run on_result and notify. When a notify implementation fails (the webhook
+        plugin could not record its delivery, say), the end counts as not announced: the
+        replica loop announces it again (`replayed=True`) once REPLICA_TIMEOUT has passed,
+        and implementations that did their part skip a replay they have already seen.
+        Once: a replay that fails too is given up, so a plugin that always fails cannot
+        replay every task forever."""
+        failed: list[str] = []
         await call_all(self.pm.hook.on_result, isolate=True, task=task, result=result)
-        await call_all(self.pm.hook.notify, isolate=True, task=task, result=result)
-        await self.store.mark_notified(task.id)
+        await call_all(self.pm.hook.notify, isolate=True, failed=failed, task=task, result=result)
+        again = bool(failed) and not result.replayed
+        if again:
+            log.warning(
+                "task %s: notify failed in %s; its end will be announced again",
+                task.id,
+                ", ".join(failed),
+            )
+        elif failed:
+            log.error("task %s: notify failed again in %s; given up", task.id, ", ".join(failed))
+        await self.store.mark_notified(task.id, announced=not again)
 
     async def _announce_missed(self) -> None:
         """Ends saved just before a crash were never announced: announce them now."""
