@@ -343,9 +343,11 @@ class Engine:
 
     async def _dispatch_loop(self) -> None:
         while True:
+            # the timeout picks up tasks queued by other replicas sharing the store; a
+            # timeout scope, not wait_for, which would start a task at every wake-up
             with contextlib.suppress(TimeoutError):
-                # the timeout picks up tasks queued by other replicas sharing the store
-                await asyncio.wait_for(self._wakeup.wait(), timeout=1.0)
+                async with asyncio.timeout(1.0):
+                    await self._wakeup.wait()
             self._wakeup.clear()
             try:
                 await self._dispatch_round()
