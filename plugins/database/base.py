@@ -89,11 +89,14 @@ class SqlTaskStore(Outbox, Chores, ABC):
     async def claim(self, owner: str, limit: int) -> list[Task]: ...
 
     @abstractmethod
-    async def _write(self, sql: str, *args: Any) -> Sequence[Sequence[Any]]:
-        """One statement on the writing connection, atomic by itself."""
-
-    @abstractmethod
     async def release(self, task_ids: list[int]) -> None: ...
+
+    async def _write_row(self, sql: str, *args: Any) -> Sequence[Any] | None:
+        """A write of the one row named by its first argument, returning a row that starts
+        with that value, or nothing. PostgreSQL batches these (pg_batch.py); SQLite's
+        writer thread groups every write anyway."""
+        found = await self._write(sql, *args)
+        return found[0] if found else None
 
     # ---- shared ----------------------------------------------------------------------------
 
@@ -209,8 +212,8 @@ class SqlTaskStore(Outbox, Chores, ABC):
         return sorted(map(rows.decode_task, found), key=lambda t: t.id)
 
     async def mark_notified(self, task_id: int, *, announced: bool = True) -> None:
-        await self._write(
-            f"UPDATE {rows.TASK_TABLE} SET notified_at = $2 WHERE id = $1",
+        await self._write_row(
+            f"UPDATE {rows.TASK_TABLE} SET notified_at = $2 WHERE id = $1 RETURNING id",
             task_id,
             dt.datetime.now(dt.UTC) if announced else None,
         )

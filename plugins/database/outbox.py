@@ -41,7 +41,7 @@ _FREE = "(owner IS NULL OR lease_until < $2)"
 
 _INSERT = (
     f"INSERT INTO {DELIVERY_TABLE} ({_COLUMNS}, owner, lease_until) "
-    f"VALUES ({placeholders(1, len(DELIVERY_COLUMNS) + 2)})"
+    f"VALUES ({placeholders(1, len(DELIVERY_COLUMNS) + 2)}) RETURNING id"
 )
 _PENDING = f"""{_SELECT}
     WHERE status = 'pending' AND next_attempt_at <= $1 AND {_FREE}
@@ -110,11 +110,15 @@ class Outbox:
     @abstractmethod
     async def _write(self, sql: str, *args: Any) -> Sequence[Sequence[Any]]: ...
 
+    @abstractmethod
+    async def _write_row(self, sql: str, *args: Any) -> Sequence[Any] | None:
+        """A write of the one row named by `args[0]`; the row it returned, if any."""
+
     async def add_delivery(
         self, delivery: WebhookDelivery, *, owner: str | None = None, lease: float = 0.0
     ) -> None:
         lease_until = utcnow() + dt.timedelta(seconds=lease) if owner is not None else None
-        await self._write(_INSERT, *delivery_values(delivery), owner, lease_until)
+        await self._write_row(_INSERT, *delivery_values(delivery), owner, lease_until)
 
     async def get_delivery(self, delivery_id: str) -> WebhookDelivery | None:
         found = await self._fetch(f"{_SELECT} WHERE id = $1", delivery_id)
@@ -147,13 +151,13 @@ class Outbox:
         self, delivery_id: str, owner: str, lease: float
     ) -> WebhookDelivery | None:
         now = utcnow()
-        found = await self._write(
+        found = await self._write_row(
             _CLAIM, delivery_id, now, owner, now + dt.timedelta(seconds=lease)
         )
-        return decode_delivery(found[0]) if found else None
+        return decode_delivery(found) if found else None
 
     async def save_delivery(self, delivery: WebhookDelivery, owner: str) -> bool:
-        found = await self._write(
+        found = await self._write_row(
             _SAVE,
             delivery.id,
             owner,

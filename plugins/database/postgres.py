@@ -21,6 +21,7 @@ from piccolo.engine.postgres import PostgresEngine
 
 from . import rows
 from .base import SqlTaskStore
+from .pg_batch import StatementBatcher
 from .settings import DatabaseTarget
 
 _MIGRATION_LOCK = 0x636F6D6679  # pg_advisory_xact_lock key: "comfy" in ASCII
@@ -83,6 +84,7 @@ class PostgresTaskStore(SqlTaskStore):
     def __init__(self, target: DatabaseTarget) -> None:
         super().__init__(target)
         self._engine: PostgresEngine | None = None
+        self._batch = StatementBatcher(lambda: self.pool)
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -105,6 +107,7 @@ class PostgresTaskStore(SqlTaskStore):
         self._engine = engine
 
     async def close(self) -> None:
+        await self._batch.close()
         engine, self._engine = self._engine, None
         if engine is not None and engine.pool is not None:
             await engine.close_connection_pool()
@@ -118,19 +121,13 @@ class PostgresTaskStore(SqlTaskStore):
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
             yield conn
 
-    async def _write(self, sql: str, *args: Any) -> list[asyncpg.Record]:
-        async with self.pool.acquire() as conn:
-            return await conn.fetch(sql, *args)
-
     async def _insert(self, task: Task, events: list[TaskEvent], owner: str | None) -> int:
         statuses = [e.status for e in events]
         times = [rows.utc(e.at) for e in events]
         endpoints = [e.endpoint for e in events]
         details = [e.detail for e in events]
-        async with self.pool.acquire() as conn:
-            return await conn.fetchval(
-                _CREATE, *rows.insert_values(task, owner), statuses, times, endpoints, details
-            )
+        args = (*rows.insert_values(task, owner), statuses, times, endpoints, details)
+        return (await self._batch.one_row(_CREATE, args))[0]
 
     def _is_duplicate(self, exc: Exception) -> bool:
         return (
@@ -142,14 +139,15 @@ class PostgresTaskStore(SqlTaskStore):
         self, task: Task, event: TaskEvent | None = None, *, force: bool = False
     ) -> bool:
         plain, with_event = _SAVE[force]
-        async with self.pool.acquire() as conn:
-            if event is None:
-                found = await conn.fetch(plain, *rows.state_values(task))
-            else:
-                found = await conn.fetch(
-                    with_event, *rows.state_values(task), *rows.event_values(task.id, event)[1:]
-                )
-        return bool(found)
+        if event is None:
+            sql, args = plain, rows.state_values(task)
+        else:
+            event_args = rows.event_values(task.id, event)[1:]
+            sql, args = with_event, (*rows.state_values(task), *event_args)
+        return await self._batch.row(sql, args, key=task.id) is not None
+
+    async def _write_row(self, sql: str, *args: Any) -> asyncpg.Record | None:
+        return await self._batch.row(sql, args, key=args[0])
 
     async def _write(self, sql: str, *args: Any) -> list[Any]:
         async with self.pool.acquire() as conn:
