@@ -5,8 +5,9 @@ attempt, so every line logged on its behalf (by core or by a plugin) carries `ta
 
 Lines are formatted and written by a thread of their own (`LogWriter`): the event loop only
 hands a record over. A write to stderr can block (a full pipe to a slow log collector), and
-it would block every task with it; formatting the time stamp and the write took about a
-tenth of a millisecond of the loop's time per task, for the two lines a task logs.
+it would block every task with it. Formatting and writing a line costs about 11 us of CPU
+alone; in the throughput bench the loop's CPU per task (two lines) dropped by 0.1-0.3 ms
+when INFO lines were off, more than that suggests (each write also hands the GIL over).
 """
 
 from __future__ import annotations

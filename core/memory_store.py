@@ -129,11 +129,8 @@ class MemoryTaskStore:
     async def heartbeat(self, owner: str) -> None:
         self._seen[owner] = utcnow()
 
-    async def mark_notified(self, task_id: int, *, announced: bool = True) -> None:
-        if announced:
-            self._unnotified.discard(task_id)
-        elif task_id in self._tasks:
-            self._unnotified.add(task_id)
+    async def mark_notified(self, task_id: int) -> None:
+        self._unnotified.discard(task_id)
 
     async def claim_unnotified(self, stale_after: float, limit: int) -> list[Task]:
         cutoff = utcnow() - dt.timedelta(seconds=stale_after)

@@ -105,10 +105,9 @@ class TaskStore(Protocol):
         """`owner` (a replica) is alive now."""
         ...
 
-    async def mark_notified(self, task_id: int, *, announced: bool = True) -> None:
-        """The task's end was announced: on_result and notify ran. `announced=False` takes
-        the mark away (a notify implementation failed): `claim_unnotified` hands the task
-        out again, so its end is announced once more."""
+    async def mark_notified(self, task_id: int) -> None:
+        """The task's end was announced: on_result and notify ran. (Not called when a
+        notify implementation failed, so `claim_unnotified` hands the task out later.)"""
         ...
 
     async def claim_unnotified(self, stale_after: float, limit: int) -> list[Task]:

@@ -511,17 +511,6 @@ async def test_an_end_never_announced_is_handed_out_once(store):
     assert await store.claim_unnotified(10, 100) == []  # its finisher may still be announcing
 
 
-async def test_an_end_whose_announcement_failed_is_handed_out_again(store):
-    failed, announced = await add(store, 2)
-    past = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=30)
-    for task in (failed, announced):
-        await store.save(replace(task, status="completed", finished_at=past))
-        await store.mark_notified(task.id)
-    await store.mark_notified(failed.id, announced=False)  # a notify hook raised
-    assert [t.id for t in await store.claim_unnotified(10, 100)] == [failed.id]
-    assert await store.claim_unnotified(10, 100) == []  # handed out once again, not more
-
-
 async def test_a_delivery_added_with_an_owner_is_held_by_it(store):
     (task,) = await add(store, 1)
     delivery = new_delivery(task)

@@ -677,16 +677,16 @@ class Engine:
         failed: list[str] = []
         await call_all(self.pm.hook.on_result, isolate=True, task=task, result=result)
         await call_all(self.pm.hook.notify, isolate=True, failed=failed, task=task, result=result)
-        again = bool(failed) and not result.replayed
-        if again:
+        if failed and not result.replayed:  # left unmarked: claim_unnotified hands it out
             log.warning(
                 "task %s: notify failed in %s; its end will be announced again",
                 task.id,
                 ", ".join(failed),
             )
-        elif failed:
+            return
+        if failed:  # a replay, already marked when it was claimed
             log.error("task %s: notify failed again in %s; given up", task.id, ", ".join(failed))
-        await self.store.mark_notified(task.id, announced=not again)
+        await self.store.mark_notified(task.id)
 
     async def _announce_missed(self) -> None:
         """Ends saved just before a crash were never announced: announce them now."""

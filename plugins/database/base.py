@@ -211,11 +211,11 @@ class SqlTaskStore(Outbox, Chores, ABC):
         )
         return sorted(map(rows.decode_task, found), key=lambda t: t.id)
 
-    async def mark_notified(self, task_id: int, *, announced: bool = True) -> None:
+    async def mark_notified(self, task_id: int) -> None:
         await self._write_row(
             f"UPDATE {rows.TASK_TABLE} SET notified_at = $2 WHERE id = $1 RETURNING id",
             task_id,
-            dt.datetime.now(dt.UTC) if announced else None,
+            dt.datetime.now(dt.UTC),
         )
 
     async def claim_unnotified(self, stale_after: float, limit: int) -> list[Task]:
