@@ -8,10 +8,13 @@ event loop's CPU and a WAL flush per statement. asyncpg's `fetchmany` sends a st
 with many argument lists in one go (one Sync, so one transaction): 3 us of CPU per
 statement in batches of 30.
 
-A batch is all or nothing, so one failing write (a duplicate client_task_id, say) fails
-its batch; then each write of that batch runs again alone, and only the failing one
-fails. Nothing waits on purpose to fill a batch: while a batch of a statement runs, the
-next one gathers what arrives meanwhile.
+A batch is all or nothing (asyncpg rolls it back on a client or server error), so one
+write that fails (a duplicate client_task_id, say) fails its batch; then each write of that
+batch runs again alone, and only the failing one fails. A lost connection is different:
+the batch may have committed, so its error reaches every caller of the batch, as it would
+have reached each one's own statement, and nothing is run again. Nothing waits on purpose
+to fill a batch: while a batch of a statement runs, the next one gathers what arrives
+meanwhile.
 
 Rows are handed back to their callers in one of two ways, fixed per statement:
 - keyed: the statement's first argument names the one row it may touch, and each row it
@@ -101,12 +104,19 @@ class StatementBatcher:
                     rows = await conn.fetch(sql, *batch[0].args)
                 else:
                     rows = await conn.fetchmany(sql, [job.args for job in batch])
-        except Exception as exc:
+        except asyncpg.PostgresConnectionError as exc:
+            _fail(batch, exc)  # lost on the way: the batch may have committed
+            return
+        except asyncpg.PostgresError as exc:
             if len(batch) == 1:
                 _settle(batch[0], error=exc)
                 return
-            for job in batch:  # all or nothing: find out which write it was
+            # the server refused one of them and rolled the batch back: find out which
+            for job in batch:
                 await self._run(sql, [job])
+            return
+        except Exception as exc:
+            _fail(batch, exc)
             return
         _hand_out(batch, rows)
 
@@ -145,6 +155,13 @@ def _hand_out(batch: list[_Job], rows: list[asyncpg.Record]) -> None:
     by_key = {row[0]: row for row in rows}
     for job in batch:
         _settle(job, by_key.get(job.key))
+
+
+def _fail(batch: list[_Job], error: BaseException) -> None:
+    """Each caller hears of the error, as it would have of its own statement's; nothing runs
+    again, since a write that may have been committed must not be repeated."""
+    for job in batch:
+        _settle(job, error=error)
 
 
 def _settle(job: _Job, row: Any = None, error: BaseException | None = None) -> None:
