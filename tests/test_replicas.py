@@ -43,7 +43,8 @@ def executions(emulators) -> Counter:
 def test_two_replicas_share_100_tasks_and_run_each_once(
     backend, make_db_url, comfyui_emulator_factory, tmp_path
 ):
-    emulators = [comfyui_emulator_factory(node_time=0.02) for _ in range(2)]
+    # long enough that the first replica still has work in flight when the second starts
+    emulators = [comfyui_emulator_factory(node_time=0.05) for _ in range(2)]
     db_url = make_db_url(backend)
     with ServerProcess(settings(emulators, db_url, tmp_path, "a")) as one:
         ids = [submit(one.api, i) for i in range(50)]
@@ -61,7 +62,8 @@ def test_two_replicas_share_100_tasks_and_run_each_once(
 def test_sigkill_mid_run_then_restart_finishes_everything_once(
     backend, make_db_url, comfyui_emulator_factory, tmp_path
 ):
-    emulators = [comfyui_emulator_factory(node_time=0.02) for _ in range(2)]
+    # long enough that 100 sequential submissions finish well before the prompts do
+    emulators = [comfyui_emulator_factory(node_time=0.05) for _ in range(2)]
     env = settings(
         emulators,
         make_db_url(backend),
