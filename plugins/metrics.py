@@ -4,6 +4,8 @@ they appear here too."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from comfyui_server.core import Task, TaskResult, hookimpl
 from litestar import Response, get
 from litestar.datastructures import State
@@ -71,8 +73,29 @@ SECONDS_PER_TASK = Gauge(
 ENDPOINT_GAUGES = (ENDPOINT_UP, IN_FLIGHT, COMFYUI_QUEUE, SECONDS_PER_TASK)
 
 
+_counted: OrderedDict[tuple, None] = OrderedDict()
+"""The tasks this process counted last, by id and creation time (tests run several apps,
+with databases of their own, in one process). An end is announced again (`replayed`) when
+a notify failed; a replay in the process that counted it must not count it twice, one
+after a restart must (the earlier process's counters died with it)."""
+COUNTED_KEPT = 10_000
+"""Replays come within a few REPLICA_TIMEOUTs of the first announcement: far fewer ends."""
+
+
+def _first_time(task: Task, result: TaskResult) -> bool:
+    key = (task.id, task.created_at)
+    if result.replayed and key in _counted:
+        return False
+    _counted[key] = None
+    if len(_counted) > COUNTED_KEPT:
+        _counted.popitem(last=False)
+    return True
+
+
 @hookimpl
 def on_result(task: Task, result: TaskResult) -> None:
+    if not _first_time(task, result):
+        return
     TASKS.labels(task.workflow, result.status, str(result.error_code)).inc()
     for stage, seconds in task.timings.items():
         STAGE_SECONDS.labels(task.workflow, stage).observe(seconds)

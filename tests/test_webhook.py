@@ -12,6 +12,7 @@ import httpx
 import pytest
 from comfyui_server.core.testing.receiver import WebhookReceiver
 from fixtures_app import wait_final, wait_until
+from test_metrics import completed, scrape
 from test_webhook_policy import SECRET, verify
 
 BLANK = {"width": 8, "height": 8, "color": 0x123456}
@@ -257,6 +258,7 @@ def test_a_delivery_the_database_refused_is_sent_when_the_end_is_announced_again
     announces it again after REPLICA_TIMEOUT and the client still hears of it, once."""
     receiver = receiver_factory()
     server = server_factory([comfyui_emulator], env={"REPLICA_TIMEOUT": "2"})
+    counted_before = completed(scrape(server))
     database = sqlite3.connect(tmp_path / "data0" / "comfyui-server.sqlite3")
     database.execute(
         "CREATE TRIGGER refuse BEFORE INSERT ON comfyui_webhook_delivery "
@@ -282,3 +284,5 @@ def test_a_delivery_the_database_refused_is_sent_when_the_end_is_announced_again
     time.sleep(1.5)  # another turn of the replica loop announces nothing more
     assert len(receiver.deliveries) == 1
     assert "given up" not in caplog.text
+    # the replay ran on_result again in the same process: the metrics count the task once
+    assert completed(scrape(server)) - counted_before == 1
