@@ -5,6 +5,8 @@ row or its own error, and two writes of one row keep their order."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -15,8 +17,12 @@ INSERT = "INSERT INTO t (id, n) VALUES ($1, $2) RETURNING id, n"
 
 
 @pytest.fixture
-async def pool(make_db_url):
-    url = make_db_url("postgres")
+def url(make_db_url):
+    return make_db_url("postgres")
+
+
+@pytest.fixture
+async def pool(url):
     pool = await asyncpg.create_pool(url, min_size=1, max_size=4)
     await pool.execute("CREATE TABLE t (id bigint PRIMARY KEY, n int NOT NULL)")
     await pool.execute("INSERT INTO t SELECT g, 0 FROM generate_series(1, 100) g")
@@ -83,3 +89,84 @@ async def test_a_cancelled_caller_does_not_stop_the_batch(pool):
     assert (await second)["n"] == 1
     await batcher.close()
     assert await pool.fetchval("SELECT n FROM t WHERE id = 9") == 1  # its write was done
+
+
+class CuttableLink:
+    """A TCP relay to PostgreSQL whose connections can be cut: a lost network, as the
+    client sees it, while the server goes on with what it has already received."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.transports: list[asyncio.Transport] = []
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        self.transports += [writer.transport, up_writer.transport]
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def cut(self) -> None:
+        for transport in self.transports:
+            transport.abort()
+
+    async def close(self) -> None:
+        self.cut()
+        assert self.server is not None
+        self.server.close()
+
+
+async def test_a_batch_cut_off_with_its_connection_is_not_run_again(url, pool):
+    """The server has the whole batch when the link drops, so it may commit it: every
+    caller gets the connection error, and no write is sent a second time."""
+    parts = urlsplit(url)
+    link = CuttableLink((parts.hostname, parts.port or 5432))
+    port = await link.start()
+    linked = urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{port}"))
+    remote = await asyncpg.create_pool(linked, min_size=1, max_size=1)
+    backend = await remote.fetchval("SELECT pg_backend_pid()")
+    batcher = StatementBatcher(lambda: remote)
+    holder = await pool.acquire()
+    lock = holder.transaction()
+    await lock.start()
+    await holder.execute("SELECT 1 FROM t WHERE id = 50 FOR UPDATE")  # the batch waits here
+    try:
+        writes = asyncio.gather(
+            *(batcher.row(INCREMENT, (i,), key=i) for i in (50, 51, 52)), return_exceptions=True
+        )
+        for _ in range(100):  # until the batch waits for the lock
+            if await pool.fetchval(
+                "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1", backend
+            ):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("the batch never reached the lock")
+        link.cut()
+    finally:
+        await lock.rollback()
+        await pool.release(holder)
+    try:
+        found = await asyncio.wait_for(writes, 10)
+        assert all(isinstance(f, asyncpg.PostgresConnectionError) for f in found), found
+    finally:
+        await link.close()
+        remote.terminate()
+    for _ in range(100):  # the server ends the cut-off session once it has run the batch
+        if not await pool.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", backend):
+            break
+        await asyncio.sleep(0.05)
+    counts = await pool.fetch("SELECT n FROM t WHERE id IN (50, 51, 52) ORDER BY id")
+    # it had the batch in full and committed it, as far as it could tell: once, not twice
+    assert [row["n"] for row in counts] == [1, 1, 1]
