@@ -179,8 +179,9 @@ async def run(ctx: Context) -> CaseResult:
         "PostgreSQL: a scratch database created for each run and dropped after it, default "
         "pool (DB_POOL_SIZE=10).",
         "Every webhook goes to the one receiver, through the default WEBHOOK_MAX_PER_HOST "
-        "(4 in flight): at this rate deliveries queue for those slots, which is most of the "
-        "`notify` phase (docs/webhooks.md, Isolation, has it measured against a higher value).",
+        "(4 in flight): at this rate deliveries queue for those slots, part of the `notify` "
+        "phase and most of it on PostgreSQL (docs/webhooks.md, Isolation, has it measured "
+        "against a higher value).",
         f"The server runs with MAX_IN_FLIGHT_PER_ENDPOINT={IN_FLIGHT}, the floor's workers per "
         f"emulator, so both may keep as many prompts in each emulator's queue. The default "
         f"({DEFAULT_IN_FLIGHT}) keeps a real ComfyUI's queue short, where a prompt takes "
