@@ -133,31 +133,34 @@ async def test_a_batch_cut_off_with_its_connection_is_not_run_again(url, pool):
     parts = urlsplit(url)
     link = CuttableLink((parts.hostname, parts.port or 5432))
     port = await link.start()
-    linked = urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{port}"))
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    linked = urlunsplit(parts._replace(netloc=f"{userinfo}{at}127.0.0.1:{port}"))
     remote = await asyncpg.create_pool(linked, min_size=1, max_size=1)
-    backend = await remote.fetchval("SELECT pg_backend_pid()")
-    batcher = StatementBatcher(lambda: remote)
-    holder = await pool.acquire()
-    lock = holder.transaction()
-    await lock.start()
-    await holder.execute("SELECT 1 FROM t WHERE id = 50 FOR UPDATE")  # the batch waits here
     try:
-        writes = asyncio.gather(
-            *(batcher.row(INCREMENT, (i,), key=i) for i in (50, 51, 52)), return_exceptions=True
-        )
-        for _ in range(100):  # until the batch waits for the lock
-            if await pool.fetchval(
-                "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1", backend
-            ):
-                break
-            await asyncio.sleep(0.05)
-        else:
-            pytest.fail("the batch never reached the lock")
-        link.cut()
-    finally:
-        await lock.rollback()
-        await pool.release(holder)
-    try:
+        backend = await remote.fetchval("SELECT pg_backend_pid()")
+        batcher = StatementBatcher(lambda: remote)
+        holder = await pool.acquire()
+        lock = holder.transaction()
+        await lock.start()
+        await holder.execute("SELECT 1 FROM t WHERE id = 50 FOR UPDATE")  # the batch waits
+        try:
+            writes = asyncio.gather(
+                *(batcher.row(INCREMENT, (i,), key=i) for i in (50, 51, 52)),
+                return_exceptions=True,
+            )
+            for _ in range(100):  # until the batch waits for the lock
+                if await pool.fetchval(
+                    "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1",
+                    backend,
+                ):
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                pytest.fail("the batch never reached the lock")
+            link.cut()
+        finally:
+            await lock.rollback()
+            await pool.release(holder)
         found = await asyncio.wait_for(writes, 10)
         assert all(isinstance(f, asyncpg.PostgresConnectionError) for f in found), found
     finally:
